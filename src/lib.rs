@@ -1,0 +1,8 @@
+//! raftmq: a RocketMQ-style message broker whose CommitLog is a Raft log.
+//!
+//! Layers point down only: `main` (CLI) → `broker` / `nameserver` / `client` → [`raft`] →
+//! [`storage`]. See `README.md` and `../shared/DESIGN.md` for the produce and consume flows.
+
+pub mod proto;
+pub mod raft;
+pub mod storage;
