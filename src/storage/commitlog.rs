@@ -141,6 +141,8 @@ pub struct RecoveryReport {
     pub torn_bytes: u64,
     /// Whether the index had to be rebuilt by a full scan.
     pub index_rebuilt: bool,
+    /// A last segment found shorter than the segment size (path, length found), extended.
+    pub extended_tail_segment: Option<(PathBuf, u64)>,
 }
 
 struct State {
@@ -218,6 +220,9 @@ impl CommitLog {
                     0,
                     format!("missing segment before this one (previous starts at {})", files[i - 1].0),
                 ));
+            }
+            if i + 1 == files.len() {
+                extend_short_tail(path, cfg.segment_size, &mut report)?;
             }
             segments.insert(*base, Segment::open(path, *base, cfg.segment_size)?);
         }
@@ -782,6 +787,25 @@ fn flush_batch(inner: &Inner, batch: Vec<FlushMsg>) {
     }
 }
 
+/// A last segment shorter than the segment size (its tail was cut off, e.g. by a crash of a
+/// copy or by an operator) is extended with zeroes; the missing bytes are then an ordinary
+/// torn tail for recovery. Earlier segments of the wrong size are refused by `Segment::open`.
+fn extend_short_tail(path: &Path, size: u64, report: &mut RecoveryReport) -> Result<()> {
+    let len = std::fs::metadata(path).map_err(|e| StoreError::io(path, e))?.len();
+    if len >= size {
+        return Ok(());
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))?;
+    f.set_len(size).map_err(|e| StoreError::io(path, e))?;
+    fsutil::preallocate(&f, path, size)?;
+    f.sync_all().map_err(|e| StoreError::io(path, e))?;
+    report.extended_tail_segment = Some((path.to_path_buf(), len));
+    Ok(())
+}
+
 /// Position of a scan inside the segment map.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -858,9 +882,18 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
         }
     }
     // First retained index: the first record of the first segment.
-    st.first_index = match record::decode(st.segments[&bases[0]].bytes(), bases[0]) {
-        Ok(h) => h.id.index,
-        Err(_) => st.next_index,
+    let first_seg = &st.segments[&bases[0]];
+    st.first_index = match (record::decode(first_seg.bytes(), bases[0]), last) {
+        (Ok(h), _) => h.id.index,
+        (Err(_), None) => st.next_index,
+        (Err(e), Some(_)) => {
+            // The log has records, so the oldest segment must begin with one.
+            return Err(StoreError::corrupt(
+                first_seg.path(),
+                0,
+                format!("first record of the oldest segment: {}", describe(&e)),
+            ));
+        }
     };
     st.index.clear_from(st.next_index)?;
     // The index below the scan window must agree with the data; spot-check both ends of it.
