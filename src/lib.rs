@@ -3,6 +3,7 @@
 //! Layers point down only: `main` (CLI) → `broker` / `nameserver` / `client` → [`raft`] →
 //! [`storage`]. See `README.md` and `../shared/DESIGN.md` for the produce and consume flows.
 
+pub mod broker;
 pub mod proto;
 pub mod raft;
 pub mod storage;

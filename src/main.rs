@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run one broker node (a member of a Raft broker group).
+    Broker(Box<BrokerArgs>),
     /// Offline tools for a node's data directory (run them on a stopped node).
     Store {
         #[command(subcommand)]
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Broker(args) => run_broker(*args),
         Cmd::Store { cmd } => match cmd {
             StoreCmd::Verify { dir, json } => verify(&dir, json),
             StoreCmd::Dump {
@@ -76,9 +79,130 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Flags of `raftmq broker`.
+#[derive(clap::Args, Debug)]
+struct BrokerArgs {
+    /// Broker group name (all nodes of a group use the same).
+    #[arg(long, env = "RAFTMQ_GROUP")]
+    group: String,
+    /// This node's id within the group.
+    #[arg(long, env = "RAFTMQ_NODE_ID")]
+    node_id: u64,
+    /// Address to bind the node's gRPC port (Raft, admin and client services), HOST:PORT.
+    #[arg(long, env = "RAFTMQ_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// Address others use to reach this node; defaults to this node's entry in --peers.
+    #[arg(long, env = "RAFTMQ_ADVERTISE")]
+    advertise: Option<String>,
+    /// Initial members, `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (hosts may be DNS names).
+    /// Leave empty for a node that will be added later as a learner.
+    #[arg(long, env = "RAFTMQ_PEERS", default_value = "")]
+    peers: String,
+    /// Data directory.
+    #[arg(long, env = "RAFTMQ_DATA_DIR")]
+    data_dir: PathBuf,
+    /// `sync`: acknowledge after fsync (default); `async`: fsync every 10 ms (weaker).
+    #[arg(long, env = "RAFTMQ_FLUSH", default_value = "sync")]
+    flush: raftmq::storage::FlushMode,
+    /// CommitLog segment size, e.g. `1G`, `64M`, `64K`.
+    #[arg(long, env = "RAFTMQ_SEGMENT_SIZE", default_value = "1G", value_parser = parse_size)]
+    segment_size: u64,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "RAFTMQ_HEARTBEAT_MS", default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    election_timeout_ms: u64,
+    /// Delete whole segments older than this many seconds.
+    #[arg(long, env = "RAFTMQ_RETENTION_SECS")]
+    retention_secs: Option<u64>,
+    /// Delete the oldest whole segments while the CommitLog is larger than this (e.g. `100G`).
+    #[arg(long, env = "RAFTMQ_RETENTION_BYTES", value_parser = parse_size)]
+    retention_bytes: Option<u64>,
+    /// How often retention runs, in seconds.
+    #[arg(long, env = "RAFTMQ_RETENTION_INTERVAL_SECS", default_value_t = 10)]
+    retention_interval_secs: u64,
+}
+
+/// `64K`, `1M`, `2G`, or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64K, 16M or 1G"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
+    use raftmq::broker::{Node, NodeConfig};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let peers = raftmq::broker::node::parse_peers(&a.peers).context("--peers")?;
+    let mut cfg = NodeConfig::new(&a.group, a.node_id, a.listen, a.data_dir);
+    cfg.advertise = match (&a.advertise, peers.get(&a.node_id)) {
+        (Some(x), _) => x.clone(),
+        (None, Some(x)) => x.clone(),
+        (None, None) => a.listen.to_string(),
+    };
+    cfg.peers = peers;
+    cfg.flush = a.flush;
+    cfg.segment_size = a.segment_size;
+    cfg.heartbeat = std::time::Duration::from_millis(a.heartbeat_ms);
+    cfg.election_timeout = std::time::Duration::from_millis(a.election_timeout_ms);
+    cfg.retention_time = a.retention_secs.map(std::time::Duration::from_secs);
+    cfg.retention_bytes = a.retention_bytes;
+    cfg.retention_interval = std::time::Duration::from_secs(a.retention_interval_secs.max(1));
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(cfg).await?;
+        tracing::info!(
+            "node {} of group {} serving on {}",
+            node.config.node_id,
+            node.config.group,
+            node.local_addr
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still stop on Ctrl-C through the default handler.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
 fn inspect(dir: &std::path::Path) -> anyhow::Result<Inspection> {
     if !dir.join("commitlog").is_dir() {
-        anyhow::bail!("{} has no commitlog/ directory: not a raftmq data directory", dir.display());
+        anyhow::bail!(
+            "{} has no commitlog/ directory: not a raftmq data directory",
+            dir.display()
+        );
     }
     commitlog::inspect(dir).with_context(|| format!("inspecting {}", dir.display()))
 }
@@ -114,7 +238,10 @@ fn verify(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         let kinds: Vec<String> = i.kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
         println!("kinds         {}", kinds.join(" "));
         if i.index_missing > 0 {
-            println!("index         {} records without a slot (recovery re-indexes them)", i.index_missing);
+            println!(
+                "index         {} records without a slot (recovery re-indexes them)",
+                i.index_missing
+            );
         }
         if let Some(t) = &i.torn_tail {
             println!("torn tail     {t}");
@@ -124,13 +251,20 @@ fn verify(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         println!("result        {}", if ok { "OK" } else { "DAMAGED" });
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn dump(dir: &std::path::Path, from: u64, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
     let i = inspect(dir)?;
     if !json {
-        println!("{:>12} {:>8} {:>6} {:<11} {:>16} {:>10}", "index", "term", "node", "kind", "position", "payload");
+        println!(
+            "{:>12} {:>8} {:>6} {:<11} {:>16} {:>10}",
+            "index", "term", "node", "kind", "position", "payload"
+        );
     }
     for e in i.entries.iter().filter(|e| e.id.index >= from).take(limit) {
         if json {

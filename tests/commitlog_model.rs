@@ -7,9 +7,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use proptest::prelude::*;
+use raftmq::storage::FlushMode;
 use raftmq::storage::commitlog::{CommitLog, CommitLogConfig, NewRecord};
 use raftmq::storage::record::{RecordId, RecordKind};
-use raftmq::storage::FlushMode;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -93,13 +93,18 @@ fn run(ops: Vec<Op>, flush: FlushMode) -> Result<(), TestCaseError> {
                     .iter()
                     .enumerate()
                     .map(|(k, p)| NewRecord {
-                        id: RecordId { term: m.term, node: 7, index: start + k as u64 },
+                        id: RecordId {
+                            term: m.term,
+                            node: 7,
+                            index: start + k as u64,
+                        },
                         kind: RecordKind::MESSAGE_BATCH,
                         payload: p,
                     })
                     .collect();
                 let (tx, rx) = mpsc::channel();
-                log.append(&recs, Some(Box::new(move |r| tx.send(r).unwrap_or(())))).unwrap();
+                log.append(&recs, Some(Box::new(move |r| tx.send(r).unwrap_or(()))))
+                    .unwrap();
                 rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
                 for p in payloads {
                     m.entries.push_back((m.term, p));

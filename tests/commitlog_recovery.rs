@@ -31,11 +31,16 @@ fn fill(log: &CommitLog, from: u64, n: u64) {
         let p = payload(i);
         let (tx, rx) = mpsc::channel();
         let rec = NewRecord {
-            id: RecordId { term: 1 + i / 10, node: 1, index: i },
+            id: RecordId {
+                term: 1 + i / 10,
+                node: 1,
+                index: i,
+            },
             kind: RecordKind::MESSAGE_BATCH,
             payload: &p,
         };
-        log.append(&[rec], Some(Box::new(move |r| tx.send(r).unwrap_or(())))).unwrap();
+        log.append(&[rec], Some(Box::new(move |r| tx.send(r).unwrap_or(()))))
+            .unwrap();
         rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     }
 }
@@ -127,7 +132,11 @@ fn torn_last_record_at_every_byte_boundary_is_cut() {
         let (log, rep) = CommitLog::open(cfg(t.path()), None).unwrap();
         check_all(&log, 0, w.n - 1);
         if cut > off {
-            assert_eq!(rep.torn_tail_at.as_ref().map(|x| x.1), Some(off), "cut at {cut}");
+            assert_eq!(
+                rep.torn_tail_at.as_ref().map(|x| x.1),
+                Some(off),
+                "cut at {cut}"
+            );
         }
         // The log keeps working after the cut: the lost entry can be written again.
         fill(&log, w.n - 1, 1);
@@ -137,7 +146,10 @@ fn torn_last_record_at_every_byte_boundary_is_cut() {
         // Same, with the file itself cut short (a copy or an operator truncated it).
         let t2 = tempfile::tempdir().unwrap();
         copy_dir(&w.dir, t2.path());
-        let f = std::fs::OpenOptions::new().write(true).open(t2.path().join(&rel)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t2.path().join(&rel))
+            .unwrap();
         f.set_len(cut).unwrap();
         drop(f);
         let (log, rep) = CommitLog::open(cfg(t2.path()), None).unwrap();
@@ -182,12 +194,18 @@ fn flipped_byte_in_earlier_record_refuses_to_open_naming_file_and_offset() {
             let rel = path.strip_prefix(&w.dir).unwrap();
             modify(&t.path().join(rel), |b| b[at as usize] ^= 0x01);
             match CommitLog::open(cfg(t.path()), None) {
-                Err(StoreError::Corrupt { file, offset, reason }) => {
+                Err(StoreError::Corrupt {
+                    file,
+                    offset,
+                    reason,
+                }) => {
                     assert_eq!(file, t.path().join(rel), "record {i}");
                     assert_eq!(offset, *off, "record {i}: {reason}");
                 }
                 Err(e) => panic!("record {i}: unexpected error {e}"),
-                Ok(_) => panic!("record {i}: flip at {at} was not detected (last segment {last_base_path:?})"),
+                Ok(_) => panic!(
+                    "record {i}: flip at {at} was not detected (last segment {last_base_path:?})"
+                ),
             }
             checked += 1;
         }
@@ -208,7 +226,11 @@ fn list_segments(dir: &Path) -> Vec<PathBuf> {
 fn damage_outside_the_scan_window_is_caught_on_read_and_by_inspect() {
     let w = written(120);
     let files = list_segments(&w.dir);
-    assert!(files.len() >= 4, "need several segments, got {}", files.len());
+    assert!(
+        files.len() >= 4,
+        "need several segments, got {}",
+        files.len()
+    );
     // The oldest record of the log is checked at open: damage there refuses to open.
     let (_, p0, off0, _) = w.earlier[0].clone();
     let t = tempfile::tempdir().unwrap();
@@ -223,7 +245,12 @@ fn damage_outside_the_scan_window_is_caught_on_read_and_by_inspect() {
         other => panic!("expected corruption error, got {other:?}"),
     }
     // Any other record outside the scan window is caught when read, and by `inspect`.
-    let (i, path, off, _) = w.earlier.iter().find(|(_, p, _, _)| *p == files[0]).unwrap().clone();
+    let (i, path, off, _) = w
+        .earlier
+        .iter()
+        .find(|(_, p, _, _)| *p == files[0])
+        .unwrap()
+        .clone();
     let (i, path, off) = w
         .earlier
         .iter()
@@ -234,7 +261,9 @@ fn damage_outside_the_scan_window_is_caught_on_read_and_by_inspect() {
     modify(&path, |b| b[off as usize + 50] ^= 0xff);
     let insp = raftmq::storage::commitlog::inspect(&w.dir).unwrap();
     assert!(
-        insp.problems.iter().any(|p| p.contains(&format!("offset {off}"))),
+        insp.problems
+            .iter()
+            .any(|p| p.contains(&format!("offset {off}"))),
         "{:?}",
         insp.problems
     );
@@ -297,7 +326,12 @@ fn kill_9_loses_nothing_durable() {
     let mut acked_total = 0u64;
     for round in 0..3 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_writer_for_kill_test", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "child_writer_for_kill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("RAFTMQ_KILL_TEST_DIR", t.path())
             .stdout(Stdio::piped())
             .spawn()
@@ -319,7 +353,10 @@ fn kill_9_loses_nothing_durable() {
         let last = last.unwrap_or_else(|| panic!("round {round}: child reported nothing"));
         let (log, _) = CommitLog::open(cfg(t.path()), None).unwrap();
         let next = log.next_index().unwrap();
-        assert!(next > last, "round {round}: durable {last} lost, log ends at {next}");
+        assert!(
+            next > last,
+            "round {round}: durable {last} lost, log ends at {next}"
+        );
         check_all(&log, 0, next);
         acked_total = next;
     }

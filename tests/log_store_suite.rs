@@ -25,16 +25,24 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         cfg.index_slots_per_file = 8;
         cfg.flush = self.flush;
         let store = LogStore::open(cfg).map_err(|e| io_err(e.into()))?;
-        Ok((dir, store, StateMachine::new()))
+        let (sm, _handle) =
+            StateMachine::open(dir.path(), store.commitlog()).map_err(|e| io_err(e.into()))?;
+        Ok((dir, store, sm))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_sync_flush() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(Builder { flush: FlushMode::Sync }).await
+    Suite::test_all(Builder {
+        flush: FlushMode::Sync,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openraft_suite_async_flush() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(Builder { flush: FlushMode::Async }).await
+    Suite::test_all(Builder {
+        flush: FlushMode::Async,
+    })
+    .await
 }

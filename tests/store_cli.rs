@@ -14,18 +14,37 @@ fn make_store(dir: &std::path::Path, n: u64) -> Vec<(u64, u64)> {
     let (log, _) = CommitLog::open(c, None).unwrap();
     for i in 0..n {
         let p = vec![i as u8; 100 + i as usize];
-        let kind = if i == 0 { RecordKind::BLANK } else { RecordKind::MESSAGE_BATCH };
+        let kind = if i == 0 {
+            RecordKind::BLANK
+        } else {
+            RecordKind::MESSAGE_BATCH
+        };
         let (tx, rx) = mpsc::channel();
-        let rec = NewRecord { id: RecordId { term: 2, node: 3, index: i }, kind, payload: &p };
-        log.append(&[rec], Some(Box::new(move |r| tx.send(r).unwrap_or(())))).unwrap();
+        let rec = NewRecord {
+            id: RecordId {
+                term: 2,
+                node: 3,
+                index: i,
+            },
+            kind,
+            payload: &p,
+        };
+        log.append(&[rec], Some(Box::new(move |r| tx.send(r).unwrap_or(()))))
+            .unwrap();
         rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
     }
     (0..n).map(|i| (i, log.read(i).unwrap().pos)).collect()
 }
 
 fn raftmq(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_raftmq")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -46,9 +65,14 @@ fn verify_reports_summary_and_damage() {
     let expected_payload: u64 = (0..200u64).map(|i| 100 + i).sum();
     assert_eq!(v["payload_bytes"], expected_payload);
 
-    let (code, out) = raftmq(&["store", "dump", dir, "--from", "10", "--limit", "3", "--json"]);
+    let (code, out) = raftmq(&[
+        "store", "dump", dir, "--from", "10", "--limit", "3", "--json",
+    ]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     for (k, l) in lines.iter().enumerate() {
         let i = 10 + k as u64;

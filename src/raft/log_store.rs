@@ -62,8 +62,9 @@ impl MetaFile {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let path = dir.join("meta.json");
         let meta = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| StoreError::corrupt(&path, 0, format!("unreadable raft metadata: {e}")))?,
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                StoreError::corrupt(&path, 0, format!("unreadable raft metadata: {e}"))
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => RaftMeta::default(),
             Err(e) => return Err(StoreError::io(&path, e)),
         };
@@ -160,7 +161,13 @@ impl Drop for LogStore {
 }
 
 fn log_id(id: RecordId) -> LogId {
-    LogId::new(CommittedLeaderId { term: id.term, node_id: id.node }, id.index)
+    LogId::new(
+        CommittedLeaderId {
+            term: id.term,
+            node_id: id.node,
+        },
+        id.index,
+    )
 }
 
 /// Decode a CommitLog record into an openraft entry (normal payloads stay zero-copy).
@@ -168,12 +175,14 @@ pub fn record_to_entry(r: Record) -> io::Result<Entry> {
     let id = log_id(r.id);
     let payload = match r.kind {
         RecordKind::BLANK => EntryPayload::Blank,
-        RecordKind::MEMBERSHIP => EntryPayload::Membership(serde_json::from_slice(&r.payload).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("membership entry {} is not valid JSON: {e}", r.id.index),
-            )
-        })?),
+        RecordKind::MEMBERSHIP => {
+            EntryPayload::Membership(serde_json::from_slice(&r.payload).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("membership entry {} is not valid JSON: {e}", r.id.index),
+                )
+            })?)
+        }
         k => EntryPayload::Normal(Command {
             kind: k.0,
             data: r.payload,
@@ -226,7 +235,11 @@ impl RaftLogReader<TypeConfig> for LogReader {
         Ok(self.meta.lock().map_err(lock_err)?.meta.vote)
     }
 
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
         self.read(start, Some(end), Some(MAX_READ_BYTES))
     }
 }
@@ -283,7 +296,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.meta.lock().map_err(lock_err)?.meta.committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -293,7 +310,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
         for e in &entries {
             encoded.push(match &e.payload {
-                EntryPayload::Membership(m) => Some(serde_json::to_vec(m).map_err(io::Error::other)?),
+                EntryPayload::Membership(m) => {
+                    Some(serde_json::to_vec(m).map_err(io::Error::other)?)
+                }
                 _ => None,
             });
         }
@@ -306,7 +325,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             let (kind, payload): (RecordKind, &[u8]) = match &e.payload {
                 EntryPayload::Blank => (RecordKind::BLANK, &[]),
-                EntryPayload::Membership(_) => (RecordKind::MEMBERSHIP, enc.as_deref().unwrap_or(&[])),
+                EntryPayload::Membership(_) => {
+                    (RecordKind::MEMBERSHIP, enc.as_deref().unwrap_or(&[]))
+                }
                 EntryPayload::Normal(c) => {
                     let k = RecordKind(c.kind);
                     if k != RecordKind::MESSAGE_BATCH && c.kind < RecordKind::FIRST_INTERNAL {

@@ -1,69 +1,806 @@
-//! The Raft state machine.
+//! The Raft state machine: apply = dispatch.
 //!
-//! Applying an entry is where committed data becomes visible: this module tracks the applied
-//! log id and membership and answers each writer. Dispatch of message batches into
-//! ConsumeQueues (`storage::dispatch`) plugs in here; blank and membership entries carry no
-//! messages and are skipped by dispatch.
+//! Applying runs on every node in log order and is deterministic, so every replica derives
+//! the same state from the same log:
+//!
+//! * **message batches** (`RecordKind::MESSAGE_BATCH`): each message gets the next offset of its
+//!   (topic, queue), a ConsumeQueue unit and key-index entries (`storage::dispatch`). A message
+//!   whose id is in the recent-id window was stored before (a producer retry): it is not
+//!   dispatched again and the writer gets the original's place — so a retried send is visible
+//!   once. The window is part of the replicated state.
+//! * **internal commands** (kind [`INTERNAL_JSON_KIND`], JSON-encoded [`InternalCommand`]):
+//!   topic create/update/delete and consumer-group offsets. Everything that must survive a
+//!   failover is a log entry; nothing is synchronised out of band.
+//! * **blank and membership entries** carry no messages and are skipped by dispatch.
+//!
+//! Consumers read only what has been applied, so they never see an uncommitted message.
+//!
+//! # Checkpoints and restart
+//!
+//! `state/checkpoint.json` holds the applied state (last applied log id, membership, topics,
+//! offsets, recent ids) together with the dispatch position it matches. It is written after
+//! the ConsumeQueues and key index are flushed, at most every [`CHECKPOINT_INTERVAL`]. On
+//! restart the derived files are cut back to the checkpoint's position and openraft re-applies
+//! everything after it, which reproduces the same offsets (apply is idempotent).
+//!
+//! # Snapshots = state at the retention boundary
+//!
+//! openraft never builds snapshots on its own here (`SnapshotPolicy::Never`). Whenever apply
+//! starts a new CommitLog segment, the state as of the last entry of the previous segment is
+//! kept as a *segment mark* (`state/marks/<segment base>.json`). Retention deletes whole
+//! segments; the snapshot it asks openraft to build is the mark of the newest deleted segment,
+//! whose last log id is exactly the boundary B, and it then purges the log up to B. A follower
+//! that needs entries below B installs that snapshot: its CommitLog restarts empty at B + 1
+//! and at the byte position of the next segment, its queues restart at the offsets they had
+//! at B, and every retained entry after B then arrives by ordinary replication. A snapshot
+//! therefore never skips a retained message.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
-use super::types::{CommandResponse, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use super::types::{
+    CommandResponse, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use crate::storage::commitlog::CommitLog;
+use crate::storage::dispatch::{DispatchConfig, Dispatcher};
+use crate::storage::error::StoreError;
+use crate::storage::fsutil;
+use crate::storage::message::{self, MessageView};
+use crate::storage::record::RecordKind;
 
-/// The state carried in a snapshot.
+/// Record kind of JSON-encoded internal commands.
+pub const INTERNAL_JSON_KIND: u8 = RecordKind::FIRST_INTERNAL;
+
+/// How often, at most, the applied state is checkpointed.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many recent message ids are remembered for idempotent sends.
+pub const DEDUPE_WINDOW: usize = 100_000;
+
+/// Read/write permission of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Perm {
+    /// Readable and writable.
+    #[serde(rename = "rw")]
+    ReadWrite,
+    /// Read only.
+    #[serde(rename = "r")]
+    Read,
+    /// Write only.
+    #[serde(rename = "w")]
+    Write,
+}
+
+impl Perm {
+    /// Producers may write.
+    pub fn writable(self) -> bool {
+        matches!(self, Perm::ReadWrite | Perm::Write)
+    }
+    /// Consumers may read.
+    pub fn readable(self) -> bool {
+        matches!(self, Perm::ReadWrite | Perm::Read)
+    }
+}
+
+impl std::fmt::Display for Perm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Perm::ReadWrite => "rw",
+            Perm::Read => "r",
+            Perm::Write => "w",
+        })
+    }
+}
+
+impl std::str::FromStr for Perm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rw" => Ok(Perm::ReadWrite),
+            "r" => Ok(Perm::Read),
+            "w" => Ok(Perm::Write),
+            o => Err(format!("perm must be rw, r or w, not `{o}`")),
+        }
+    }
+}
+
+/// The message type a topic accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicMessageType {
+    /// Normal messages.
+    Normal,
+    /// FIFO (message groups, in order).
+    Fifo,
+    /// Delay / timer messages.
+    Delay,
+    /// Transactional messages.
+    Transaction,
+}
+
+impl std::fmt::Display for TopicMessageType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TopicMessageType::Normal => "normal",
+            TopicMessageType::Fifo => "fifo",
+            TopicMessageType::Delay => "delay",
+            TopicMessageType::Transaction => "transaction",
+        })
+    }
+}
+
+impl std::str::FromStr for TopicMessageType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "normal" => Ok(TopicMessageType::Normal),
+            "fifo" => Ok(TopicMessageType::Fifo),
+            "delay" => Ok(TopicMessageType::Delay),
+            "transaction" => Ok(TopicMessageType::Transaction),
+            o => Err(format!(
+                "message type must be normal, fifo, delay or transaction, not `{o}`"
+            )),
+        }
+    }
+}
+
+/// A topic's configuration (replicated through the log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Topic name.
+    pub name: String,
+    /// Number of queues.
+    pub queues: u32,
+    /// Permission.
+    pub perm: Perm,
+    /// Accepted message type.
+    pub message_type: TopicMessageType,
+}
+
+impl TopicConfig {
+    /// RocketMQ's topic naming rule and a sane queue count.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 127 {
+            return Err("topic name must be 1..=127 characters".into());
+        }
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '%' | '|'))
+        {
+            return Err(format!(
+                "topic name `{}` may only contain letters, digits, `_`, `-`, `%` and `|`",
+                self.name
+            ));
+        }
+        if self.queues == 0 || self.queues > 1024 {
+            return Err(format!("queues must be 1..=1024, not {}", self.queues));
+        }
+        Ok(())
+    }
+}
+
+/// Internal commands, JSON-encoded in entries of kind [`INTERNAL_JSON_KIND`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum InternalCommand {
+    /// Create or update a topic.
+    UpsertTopic {
+        /// The new configuration.
+        topic: TopicConfig,
+    },
+    /// Delete a topic.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+    /// Set a consumer group's committed offset for one queue.
+    CommitOffset {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue: u32,
+        /// Next offset to consume.
+        offset: u64,
+    },
+}
+
+/// Where one message of a batch ended up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Place {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue: u32,
+    /// Queue offset.
+    pub offset: u64,
+    /// The message id had been stored before; this is the original's place.
+    pub duplicate: bool,
+}
+
+/// Encode the per-message results of a batch: `u32 count`, then per message `u16 topic
+/// length, topic, u32 queue, u64 offset, u8 duplicate`.
+pub fn encode_batch_result(places: &[Place]) -> Bytes {
+    let mut v = Vec::with_capacity(4 + places.len() * 24);
+    v.extend_from_slice(&(places.len() as u32).to_le_bytes());
+    for p in places {
+        v.extend_from_slice(&(p.topic.len() as u16).to_le_bytes());
+        v.extend_from_slice(p.topic.as_bytes());
+        v.extend_from_slice(&p.queue.to_le_bytes());
+        v.extend_from_slice(&p.offset.to_le_bytes());
+        v.push(p.duplicate as u8);
+    }
+    Bytes::from(v)
+}
+
+/// Inverse of [`encode_batch_result`].
+pub fn decode_batch_result(b: &[u8]) -> Result<Vec<Place>, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = b.get(at..at + n).ok_or("truncated batch result")?;
+        at += n;
+        Ok(s)
+    };
+    let n = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad count")?) as usize;
+    let mut out = Vec::with_capacity(n.min(65_536));
+    for _ in 0..n {
+        let tl = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "bad length")?) as usize;
+        let topic = String::from_utf8(take(tl)?.to_vec()).map_err(|_| "topic not utf-8")?;
+        let queue = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad queue")?);
+        let offset = u64::from_le_bytes(take(8)?.try_into().map_err(|_| "bad offset")?);
+        let duplicate = take(1)?[0] != 0;
+        out.push(Place {
+            topic,
+            queue,
+            offset,
+            duplicate,
+        });
+    }
+    Ok(out)
+}
+
+/// Recently stored message ids → their place, bounded, oldest evicted first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DedupeWindow {
+    order: VecDeque<(String, Place)>,
+    #[serde(skip)]
+    index: HashMap<String, usize>,
+    #[serde(skip)]
+    evicted: usize,
+}
+
+impl DedupeWindow {
+    fn rebuild_index(&mut self) {
+        self.evicted = 0;
+        self.index = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
+    }
+
+    fn get(&self, id: &str) -> Option<&Place> {
+        let i = *self.index.get(id)?;
+        self.order.get(i - self.evicted).map(|(_, p)| p)
+    }
+
+    fn insert(&mut self, id: String, p: Place) {
+        self.index
+            .insert(id.clone(), self.evicted + self.order.len());
+        self.order.push_back((id, p));
+        while self.order.len() > DEDUPE_WINDOW {
+            if let Some((old, _)) = self.order.pop_front() {
+                if self.index.get(&old) == Some(&self.evicted) {
+                    self.index.remove(&old);
+                }
+                self.evicted += 1;
+            }
+        }
+    }
+}
+
+/// The replicated state (checkpointed, and carried by snapshots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AppliedState {
     /// Last applied log id.
     pub last_applied: Option<LogId>,
     /// Last applied membership.
     pub membership: StoredMembership,
+    /// Topics.
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// group → topic → queue → next offset to consume.
+    pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
+    /// Next queue offset per topic and queue (what dispatch assigns next).
+    pub next_offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Recent message ids.
+    dedupe: DedupeWindow,
+    /// Dispatch position matching `last_applied`: (index, end position of that record).
+    pub dispatched: Option<(u64, u64)>,
+    /// Base of the CommitLog segment holding the last applied entry.
+    pub current_segment: Option<u64>,
 }
 
-/// The state machine.
-#[derive(Default)]
-pub struct StateMachine {
+/// What a snapshot carries: the state as of its boundary plus where the log resumes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotBody {
     state: AppliedState,
-    /// The last built or installed snapshot, shared with builders so a built one becomes current.
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
+    /// Byte position of entry `boundary + 1` (always the first byte of a segment) when the
+    /// snapshot was built at a retention mark; `None` for a snapshot of the applied state
+    /// (built only when openraft forces one before any segment was sealed).
+    next_pos: Option<u64>,
+}
+
+struct SmInner {
+    state: AppliedState,
+    dispatcher: Dispatcher,
+    last_checkpoint: Instant,
+    dirty: bool,
+}
+
+/// Shared core of the state machine: openraft's handle and the broker's read handle.
+struct SmCore {
+    dir: PathBuf,
+    log: Arc<CommitLog>,
+    inner: RwLock<SmInner>,
+    current_snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// Segment base whose mark the next snapshot is built from (set by retention).
+    snapshot_target: Mutex<Option<u64>>,
+}
+
+/// openraft's side of the state machine.
+pub struct StateMachine {
+    core: Arc<SmCore>,
+}
+
+/// The broker's read side of the state machine (topics, queues, offsets).
+#[derive(Clone)]
+pub struct SmHandle {
+    core: Arc<SmCore>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn lock_err<T>(_: T) -> io::Error {
+    io::Error::other("state machine lock poisoned")
 }
 
 impl StateMachine {
-    /// A fresh, empty state machine.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The applied state.
-    pub fn applied(&self) -> &AppliedState {
-        &self.state
+    /// Open (or create) the state under `data_dir/state`, cutting the derived ConsumeQueue and
+    /// key index back to the last checkpoint so re-applied entries reproduce them exactly.
+    pub fn open(
+        data_dir: &Path,
+        log: Arc<CommitLog>,
+    ) -> Result<(StateMachine, SmHandle), StoreError> {
+        let dir = data_dir.join("state");
+        std::fs::create_dir_all(dir.join("marks")).map_err(|e| StoreError::io(&dir, e))?;
+        let ck = dir.join("checkpoint.json");
+        let mut state: AppliedState = match std::fs::read(&ck) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::corrupt(&ck, 0, format!("unreadable checkpoint: {e}")))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => AppliedState::default(),
+            Err(e) => return Err(StoreError::io(&ck, e)),
+        };
+        state.dedupe.rebuild_index();
+        let mut dispatcher = Dispatcher::open(data_dir, DispatchConfig::default())?;
+        dispatcher.reset_to(state.dispatched)?;
+        let snapshot = load_current_snapshot(&dir)?;
+        let core = Arc::new(SmCore {
+            dir,
+            log,
+            inner: RwLock::new(SmInner {
+                state,
+                dispatcher,
+                last_checkpoint: Instant::now(),
+                dirty: false,
+            }),
+            current_snapshot: Mutex::new(snapshot),
+            snapshot_target: Mutex::new(None),
+        });
+        Ok((
+            StateMachine {
+                core: Arc::clone(&core),
+            },
+            SmHandle { core },
+        ))
     }
 }
 
-/// Builds a snapshot of the applied state at the moment it was created.
+fn load_current_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
+    let p = dir.join("snapshot.json");
+    match std::fs::read(&p) {
+        Ok(b) => {
+            let (meta, data): (SnapshotMeta, Vec<u8>) = serde_json::from_slice(&b)
+                .map_err(|e| StoreError::corrupt(&p, 0, format!("unreadable snapshot: {e}")))?;
+            Ok(Some((meta, data)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(&p, e)),
+    }
+}
+
+impl SmCore {
+    fn checkpoint(&self, inner: &mut SmInner) -> io::Result<()> {
+        if !inner.dirty {
+            return Ok(());
+        }
+        inner.dispatcher.flush()?;
+        let bytes = serde_json::to_vec(&inner.state).map_err(io_err)?;
+        fsutil::atomic_write(&self.dir.join("checkpoint.json"), &bytes)?;
+        inner.dirty = false;
+        inner.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Keep the state as of the end of the previous segment (see module docs).
+    ///
+    /// Called before applying the first entry of segment `segment_base`. A mark that exists
+    /// already (re-apply after a restart) is identical and is left alone.
+    fn write_mark(&self, inner: &SmInner, segment_base: u64) -> io::Result<()> {
+        let p = fsutil::numbered(&self.dir.join("marks"), segment_base, ".json");
+        if p.exists() {
+            return Ok(());
+        }
+        let body = serde_json::to_vec(&inner.state).map_err(io_err)?;
+        fsutil::atomic_write(&p, &body)?;
+        Ok(())
+    }
+
+    /// Track segment boundaries: entering a new segment writes the mark of the previous one.
+    fn enter_segment(&self, inner: &mut SmInner, index: u64) -> io::Result<()> {
+        // Entries applied by the node always sit in its log; only storage test suites apply
+        // entries that were never appended, and those have no segment to track.
+        let Ok(pos) = self.log.position_of(index) else {
+            return Ok(());
+        };
+        let seg_size = self.log.config().segment_size;
+        let base = pos - pos % seg_size;
+        if inner.state.current_segment.is_some_and(|b| b < base)
+            && inner.state.last_applied.is_some()
+        {
+            self.write_mark(inner, base)?;
+        }
+        inner.state.current_segment = Some(base);
+        Ok(())
+    }
+
+    /// Apply one entry; returns the writer's response bytes.
+    fn apply_entry(&self, inner: &mut SmInner, entry: &super::types::Entry) -> io::Result<Bytes> {
+        let log_id = entry.log_id;
+        self.enter_segment(inner, log_id.index)?;
+        let data = match &entry.payload {
+            EntryPayload::Blank => Bytes::new(),
+            EntryPayload::Membership(m) => {
+                inner.state.membership = StoredMembership::new(Some(log_id), m.clone());
+                Bytes::new()
+            }
+            EntryPayload::Normal(cmd) if cmd.kind == RecordKind::MESSAGE_BATCH.0 => {
+                let places = self.apply_messages(inner, log_id.index)?;
+                encode_batch_result(&places)
+            }
+            EntryPayload::Normal(cmd) if cmd.kind == INTERNAL_JSON_KIND => {
+                self.apply_internal(inner, &cmd.data)
+            }
+            EntryPayload::Normal(cmd) => {
+                // A kind from a newer version: skipped identically on every replica.
+                tracing::warn!(
+                    "skipping entry {} of unknown command kind {}",
+                    log_id.index,
+                    cmd.kind
+                );
+                Bytes::new()
+            }
+        };
+        inner.state.last_applied = Some(log_id);
+        inner.dirty = true;
+        Ok(data)
+    }
+
+    fn apply_messages(&self, inner: &mut SmInner, index: u64) -> io::Result<Vec<Place>> {
+        let record = self.log.read(index)?;
+        let views = message::decode_batch(&record.payload).map_err(io_err)?;
+        let mut places: Vec<Option<Place>> = Vec::with_capacity(views.len());
+        let mut keep = Vec::with_capacity(views.len());
+        for v in &views {
+            match inner.state.dedupe.get(&v.message_id) {
+                Some(p) => {
+                    let mut p = p.clone();
+                    p.duplicate = true;
+                    places.push(Some(p));
+                    keep.push(false);
+                }
+                None => {
+                    places.push(None);
+                    keep.push(true);
+                }
+            }
+        }
+        let mut k = keep.iter();
+        let dispatched = inner
+            .dispatcher
+            .dispatch_filtered(&record, |_v: &MessageView| {
+                k.next().copied().unwrap_or(true)
+            })?;
+        if dispatched.len() != views.len() {
+            return Err(io::Error::other(
+                "dispatch returned a result count unlike the batch",
+            ));
+        }
+        for ((v, slot), d) in views.iter().zip(places.iter_mut()).zip(dispatched) {
+            if slot.is_none() {
+                let Some(x) = d else {
+                    return Err(io::Error::other(
+                        "dispatch skipped a message it was asked to keep",
+                    ));
+                };
+                let p = Place {
+                    topic: x.topic.clone(),
+                    queue: x.queue_id,
+                    offset: x.offset,
+                    duplicate: false,
+                };
+                inner
+                    .state
+                    .next_offsets
+                    .entry(x.topic)
+                    .or_default()
+                    .insert(x.queue_id, x.offset + 1);
+                inner
+                    .state
+                    .dedupe
+                    .insert(v.message_id.to_string(), p.clone());
+                *slot = Some(p);
+            }
+        }
+        inner.state.dispatched = inner.dispatcher.last_dispatched();
+        Ok(places.into_iter().flatten().collect())
+    }
+
+    fn apply_internal(&self, inner: &mut SmInner, data: &[u8]) -> Bytes {
+        let cmd: InternalCommand = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            // Deterministic on every replica: an undecodable command is skipped.
+            Err(e) => return Bytes::from(format!("ignored: undecodable internal command: {e}")),
+        };
+        match cmd {
+            InternalCommand::UpsertTopic { topic } => {
+                let created = !inner.state.topics.contains_key(&topic.name);
+                let name = topic.name.clone();
+                inner.state.topics.insert(name.clone(), topic);
+                Bytes::from(if created {
+                    format!("created {name}")
+                } else {
+                    format!("updated {name}")
+                })
+            }
+            InternalCommand::DeleteTopic { name } => match inner.state.topics.remove(&name) {
+                Some(_) => {
+                    for g in inner.state.offsets.values_mut() {
+                        g.remove(&name);
+                    }
+                    Bytes::from(format!("deleted {name}"))
+                }
+                None => Bytes::from(format!("no such topic {name}")),
+            },
+            InternalCommand::CommitOffset {
+                group,
+                topic,
+                queue,
+                offset,
+            } => {
+                inner
+                    .state
+                    .offsets
+                    .entry(group)
+                    .or_default()
+                    .entry(topic)
+                    .or_default()
+                    .insert(queue, offset);
+                Bytes::from_static(b"ok")
+            }
+        }
+    }
+}
+
+impl SmHandle {
+    fn read(&self) -> Option<std::sync::RwLockReadGuard<'_, SmInner>> {
+        self.core.inner.read().ok()
+    }
+
+    /// A topic's configuration as applied here.
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.read()?.state.topics.get(name).cloned()
+    }
+
+    /// All topics.
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.read()
+            .map(|g| g.state.topics.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The place of a recently stored message id.
+    pub fn find_duplicate(&self, id: &str) -> Option<Place> {
+        self.read()?.state.dedupe.get(id).cloned()
+    }
+
+    /// A consumer group's committed offset.
+    pub fn offset(&self, group: &str, topic: &str, queue: u32) -> Option<u64> {
+        self.read()?
+            .state
+            .offsets
+            .get(group)?
+            .get(topic)?
+            .get(&queue)
+            .copied()
+    }
+
+    /// Last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.read()?.state.last_applied
+    }
+
+    /// Messages of one queue from `from` (at most `max`), with min and max offsets.
+    /// Returns (offset, commitlog position, message).
+    #[allow(clippy::type_complexity)]
+    pub fn read_queue(
+        &self,
+        topic: &str,
+        queue: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<(u64, u64, MessageView)>, u64, u64), StoreError> {
+        let g = self
+            .read()
+            .ok_or_else(|| StoreError::Poisoned("state machine lock poisoned".into()))?;
+        let cq = g.dispatcher.consume_queue();
+        let min = cq.min_offset(topic, queue).unwrap_or(0);
+        let maxo = cq.max_offset(topic, queue).unwrap_or(0);
+        let from = from.max(min);
+        let units = cq.range(topic, queue, from, max);
+        drop(g);
+        let mut out = Vec::with_capacity(units.len());
+        for (k, u) in units.into_iter().enumerate() {
+            let bytes = self.core.log.read_bytes(u.pos, u.size as usize)?;
+            let v = message::decode_one(&bytes).map_err(|e| {
+                StoreError::corrupt("commitlog", u.pos, format!("message at queue offset: {e}"))
+            })?;
+            out.push((from + k as u64, u.pos, v));
+        }
+        Ok((out, min, maxo))
+    }
+
+    /// Write the checkpoint now (clean shutdown).
+    pub fn checkpoint_now(&self) {
+        if let Ok(mut g) = self.core.inner.write()
+            && let Err(e) = self.core.checkpoint(&mut g)
+        {
+            tracing::warn!("final checkpoint failed: {e}");
+        }
+    }
+
+    /// The retention boundary: the last index of the newest whole segment that may be
+    /// deleted under the policy, provided its mark exists and it is applied. `None` if nothing
+    /// is due.
+    pub fn retention_boundary(
+        &self,
+        max_age: Option<Duration>,
+        max_bytes: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let segs = self.core.log.segment_files()?;
+        if segs.len() < 2 {
+            return Ok(None); // never delete the active segment
+        }
+        let seg_size = self.core.log.config().segment_size;
+        let total = segs.len() as u64 * seg_size;
+        let mut delete_upto: Option<u64> = None; // base of the newest segment to delete
+        for (i, (base, path)) in segs.iter().enumerate().take(segs.len() - 1) {
+            let too_big = max_bytes.is_some_and(|m| total - (i as u64) * seg_size > m);
+            // A sealed segment is never written again: its mtime is when it was sealed.
+            let too_old = max_age.is_some_and(|age| {
+                std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|d| d > age)
+            });
+            if too_big || too_old {
+                delete_upto = Some(*base);
+            } else {
+                break;
+            }
+        }
+        let Some(base) = delete_upto else {
+            return Ok(None);
+        };
+        // The mark written when apply entered the following segment is the state at the
+        // boundary; without it (not applied yet) nothing may be deleted.
+        let next_base = base + seg_size;
+        let p = fsutil::numbered(&self.core.dir.join("marks"), next_base, ".json");
+        let Ok(b) = std::fs::read(&p) else {
+            return Ok(None);
+        };
+        let st: AppliedState = serde_json::from_slice(&b)
+            .map_err(|e| StoreError::corrupt(&p, 0, format!("unreadable mark: {e}")))?;
+        if let Ok(mut t) = self.core.snapshot_target.lock() {
+            *t = Some(next_base);
+        }
+        Ok(st.last_applied.map(|l| l.index))
+    }
+
+    /// Forget marks of segments that no longer exist (after a purge).
+    pub fn prune_marks(&self) -> Result<(), StoreError> {
+        let oldest = self
+            .core
+            .log
+            .segment_files()?
+            .first()
+            .map(|(b, _)| *b)
+            .unwrap_or(0);
+        for (base, p) in fsutil::list_numbered(&self.core.dir.join("marks"), ".json")? {
+            if base < oldest {
+                std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the snapshot for the current retention boundary (the newest mark whose segment
+/// has been sealed), or of the applied state when no mark exists yet.
 pub struct SnapshotBuilder {
-    state: AppliedState,
-    current: Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>,
-}
-
-fn encode(state: &AppliedState) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(state).map_err(io::Error::other)
+    core: Arc<SmCore>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let data = encode(&self.state)?;
-        let meta = SnapshotMeta {
-            last_log_id: self.state.last_applied,
-            last_membership: self.state.membership.clone(),
+        // The snapshot is the mark of the oldest segment that stays: the retention target if
+        // retention is about to delete segments, else the oldest segment still held.
+        let target = *self.core.snapshot_target.lock().map_err(lock_err)?;
+        let oldest = self
+            .core
+            .log
+            .segment_files()
+            .map_err(io_err)?
+            .first()
+            .map(|(b, _)| *b);
+        let marks = fsutil::list_numbered(&self.core.dir.join("marks"), ".json").map_err(io_err)?;
+        let want = target.or(oldest);
+        let (state, next_pos) = match marks.iter().find(|(b, _)| Some(*b) == want) {
+            Some((base, p)) => {
+                let b = std::fs::read(p)?;
+                let st: AppliedState = serde_json::from_slice(&b).map_err(io_err)?;
+                (st, Some(*base))
+            }
+            None => {
+                let g = self.core.inner.read().map_err(lock_err)?;
+                (g.state.clone(), None)
+            }
         };
-        *self.current.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data.clone()));
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+        };
+        let data = serde_json::to_vec(&SnapshotBody { state, next_pos }).map_err(io_err)?;
+        let persisted = serde_json::to_vec(&(&meta, &data)).map_err(io_err)?;
+        fsutil::atomic_write(&self.core.dir.join("snapshot.json"), &persisted)?;
+        *self.core.current_snapshot.lock().map_err(lock_err)? = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
             snapshot: std::io::Cursor::new(data),
@@ -76,7 +813,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.state.last_applied, self.state.membership.clone()))
+        let g = self.core.inner.read().map_err(lock_err)?;
+        Ok((g.state.last_applied, g.state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -85,14 +823,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
-            if let EntryPayload::Membership(m) = &entry.payload {
-                self.state.membership = StoredMembership::new(Some(log_id), m.clone());
+            let mut g = self.core.inner.write().map_err(lock_err)?;
+            let data = self.core.apply_entry(&mut g, &entry)?;
+            if g.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+                self.core.checkpoint(&mut g)?;
             }
-            self.state.last_applied = Some(log_id);
+            drop(g);
             if let Some(r) = responder {
                 r.send(CommandResponse {
                     index: log_id.index,
-                    data: bytes::Bytes::new(),
+                    data,
                 });
             }
         }
@@ -101,26 +841,75 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            state: self.state.clone(),
-            current: Arc::clone(&self.current),
+            core: Arc::clone(&self.core),
         }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let data = snapshot.into_inner();
-        let state: AppliedState = serde_json::from_slice(&data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad snapshot: {e}")))?;
-        self.state = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
+        let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad snapshot: {e}"))
+        })?;
+        let boundary = meta.last_log_id.map(|l| l.index);
+        let mut g = self.core.inner.write().map_err(lock_err)?;
+        // Keep our own log if it already holds the boundary entry with the same id (openraft
+        // then keeps the entries after it); otherwise restart it empty right after the
+        // boundary, at the byte position the leader's next entry has.
+        let holds = match (meta.last_log_id, boundary) {
+            (Some(l), Some(b)) => self
+                .core
+                .log
+                .id_at(b)
+                .is_ok_and(|id| id.term == l.leader_id.term && id.node == l.leader_id.node_id),
+            _ => false,
         };
-        let _ = state;
-        *self.current.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))? = Some((meta.clone(), data));
+        let mut state = body.state;
+        state.dedupe.rebuild_index();
+        if !holds {
+            let next_index = boundary.map_or(0, |b| b + 1);
+            // Without the leader's restart position (see `SnapshotBody::next_pos`), continue in a
+            // fresh segment of our own: record bytes stay identical, positions then differ.
+            let seg_size = self.core.log.config().segment_size;
+            let next_pos = match body.next_pos {
+                Some(p) => p,
+                None => self.core.log.write_pos()?.div_ceil(seg_size) * seg_size,
+            };
+            self.core.log.reset(next_index, next_pos)?;
+            g.dispatcher.reset_queues(&state.next_offsets)?;
+            state.dispatched = boundary.map(|b| (b, next_pos));
+            g.dispatcher.reset_to(state.dispatched)?;
+            state.current_segment = Some(next_pos);
+        } else {
+            // We hold the entries up to the boundary: applying them ourselves yields the
+            // snapshot's state, and dispatches their messages into our own queues.
+            let from = g.state.last_applied.map_or(0, |l| l.index + 1);
+            if let Some(b) = boundary {
+                for i in from.max(self.core.log.first_index()?)..=b {
+                    let entry = super::log_store::record_to_entry(self.core.log.read(i)?)?;
+                    self.core.apply_entry(&mut g, &entry)?;
+                }
+            }
+            state.dispatched = g.dispatcher.last_dispatched();
+            state.current_segment = g.state.current_segment;
+        }
+        g.state = state;
+        g.state.last_applied = meta.last_log_id;
+        g.state.membership = meta.last_membership.clone();
+        g.dirty = true;
+        self.core.checkpoint(&mut g)?;
+        drop(g);
+        let persisted = serde_json::to_vec(&(meta, &data)).map_err(io_err)?;
+        fsutil::atomic_write(&self.core.dir.join("snapshot.json"), &persisted)?;
+        *self.core.current_snapshot.lock().map_err(lock_err)? = Some((meta.clone(), data));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let cur = self.current.lock().map_err(|_| io::Error::other("snapshot lock poisoned"))?;
+        let cur = self.core.current_snapshot.lock().map_err(lock_err)?;
         Ok(cur.as_ref().map(|(meta, data)| Snapshot {
             meta: meta.clone(),
             snapshot: std::io::Cursor::new(data.clone()),

@@ -42,6 +42,9 @@ use super::index::{IndexFiles, Slot};
 use super::record::{self, DecodeError, HEADER_LEN, PAD_MAGIC, Record, RecordId, RecordKind};
 use super::segment::Segment;
 
+/// File recording where an emptied log restarts (`<next index> <next position>`).
+const ANCHOR: &str = "ANCHOR";
+
 /// When appended data is reported durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +62,9 @@ impl std::str::FromStr for FlushMode {
         match s {
             "sync" => Ok(FlushMode::Sync),
             "async" => Ok(FlushMode::Async),
-            other => Err(format!("flush mode must be `sync` or `async`, not `{other}`")),
+            other => Err(format!(
+                "flush mode must be `sync` or `async`, not `{other}`"
+            )),
         }
     }
 }
@@ -105,10 +110,14 @@ impl CommitLogConfig {
             return Err(StoreError::Config("segment_size too large".into()));
         }
         if self.index_slots_per_file == 0 {
-            return Err(StoreError::Config("index_slots_per_file must be > 0".into()));
+            return Err(StoreError::Config(
+                "index_slots_per_file must be > 0".into(),
+            ));
         }
         if self.recovery_scan_segments == 0 {
-            return Err(StoreError::Config("recovery_scan_segments must be >= 1".into()));
+            return Err(StoreError::Config(
+                "recovery_scan_segments must be >= 1".into(),
+            ));
         }
         Ok(())
     }
@@ -196,7 +205,10 @@ impl CommitLog {
     ///
     /// `purged_upto` is the last purged index as persisted by the caller (Raft metadata):
     /// records at or below it are treated as gone even if their segment still exists.
-    pub fn open(cfg: CommitLogConfig, purged_upto: Option<u64>) -> Result<(CommitLog, RecoveryReport)> {
+    pub fn open(
+        cfg: CommitLogConfig,
+        purged_upto: Option<u64>,
+    ) -> Result<(CommitLog, RecoveryReport)> {
         cfg.validate()?;
         let log_dir = cfg.dir.join("commitlog");
         let index_dir = cfg.dir.join("index");
@@ -211,14 +223,20 @@ impl CommitLog {
                 return Err(StoreError::corrupt(
                     path,
                     0,
-                    format!("segment base {base} is not a multiple of segment size {}", cfg.segment_size),
+                    format!(
+                        "segment base {base} is not a multiple of segment size {}",
+                        cfg.segment_size
+                    ),
                 ));
             }
             if i > 0 && files[i - 1].0 + cfg.segment_size != *base {
                 return Err(StoreError::corrupt(
                     path,
                     0,
-                    format!("missing segment before this one (previous starts at {})", files[i - 1].0),
+                    format!(
+                        "missing segment before this one (previous starts at {})",
+                        files[i - 1].0
+                    ),
                 ));
             }
             if i + 1 == files.len() {
@@ -342,7 +360,11 @@ impl CommitLog {
 
     /// Append records (dense, in order). They are readable when this returns; `on_durable`
     /// fires once they are durable under the configured [`FlushMode`].
-    pub fn append(&self, records: &[NewRecord<'_>], on_durable: Option<FlushCallback>) -> Result<()> {
+    pub fn append(
+        &self,
+        records: &[NewRecord<'_>],
+        on_durable: Option<FlushCallback>,
+    ) -> Result<()> {
         self.check_poison()?;
         let seg_size = self.inner.cfg.segment_size;
         let mut dirty: Vec<(Arc<Segment>, u64, u64)> = Vec::with_capacity(2);
@@ -390,7 +412,13 @@ impl CommitLog {
                         return Err(e);
                     }
                 };
-                record::encode_into(seg.region_mut(off, total as usize), r.kind, r.id, pos, r.payload);
+                record::encode_into(
+                    seg.region_mut(off, total as usize),
+                    r.kind,
+                    r.id,
+                    pos,
+                    r.payload,
+                );
                 push_dirty(&mut dirty, &seg, off, off + total);
                 let slot = Slot {
                     pos,
@@ -405,7 +433,10 @@ impl CommitLog {
                 st.write_pos += total;
             }
         }
-        let tx = self.tx.as_ref().ok_or_else(|| StoreError::Poisoned("log is closed".into()))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| StoreError::Poisoned("log is closed".into()))?;
         let n = dirty.len();
         match self.inner.cfg.flush {
             FlushMode::Sync => {
@@ -442,7 +473,10 @@ impl CommitLog {
         if let Some((_, prev)) = st.segments.range(..base).next_back() {
             let prev = Arc::clone(prev);
             if let Err(e) = prev.flush_range(0, seg_size) {
-                let why = format!("sync of sealed segment {} failed: {e}", prev.path().display());
+                let why = format!(
+                    "sync of sealed segment {} failed: {e}",
+                    prev.path().display()
+                );
                 self.poison(why.clone());
                 return Err(StoreError::Poisoned(why));
             }
@@ -454,6 +488,63 @@ impl CommitLog {
         let seg = Segment::create(&self.inner.log_dir, base, seg_size)?;
         st.segments.insert(base, Arc::clone(&seg));
         Ok(seg)
+    }
+
+    /// Absolute position of entry `index` (from the index file).
+    pub fn position_of(&self, index: u64) -> Result<u64> {
+        let st = self.read_state()?;
+        check_range(&st, index)?;
+        Ok(slot_of(&self.inner, &st, index)?.pos)
+    }
+
+    /// Zero-copy view of `len` bytes at absolute position `pos`, which must lie inside one
+    /// retained segment and below the write position. Used by consumers, which reach message
+    /// bytes through ConsumeQueue units (positions), also below the first retained index.
+    pub fn read_bytes(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let st = self.read_state()?;
+        let seg_size = self.inner.cfg.segment_size;
+        let base = pos - pos % seg_size;
+        let end = pos.saturating_add(len as u64);
+        let seg = st
+            .segments
+            .get(&base)
+            .filter(|_| end <= base + seg_size && end <= st.write_pos);
+        match seg {
+            Some(seg) => Ok(seg.slice(pos - base, len)),
+            None => Err(StoreError::NotFound {
+                index: pos,
+                first: st.segments.keys().next().copied().unwrap_or(0),
+                next: st.write_pos,
+            }),
+        }
+    }
+
+    /// Drop the whole log and continue empty at `next_index`, with the next record at byte
+    /// position `next_pos` (installing a snapshot whose boundary this node does not hold).
+    /// The restart point is persisted (`commitlog/ANCHOR`) before anything is deleted.
+    /// `next_pos` must be a segment boundary (a segment always begins with a record).
+    pub fn reset(&self, next_index: u64, next_pos: u64) -> Result<()> {
+        self.check_poison()?;
+        let seg_size = self.inner.cfg.segment_size;
+        if next_pos % seg_size != 0 {
+            return Err(StoreError::Config(format!(
+                "reset position {next_pos} is not a segment boundary (segment size {seg_size})"
+            )));
+        }
+        let mut st = self.write_state()?;
+        let anchor = format!("{next_index} {next_pos}\n");
+        fsutil::atomic_write(&self.inner.log_dir.join(ANCHOR), anchor.as_bytes())?;
+        for (_, seg) in std::mem::take(&mut st.segments) {
+            std::fs::remove_file(seg.path()).map_err(|e| StoreError::io(seg.path(), e))?;
+        }
+        st.index.wipe()?;
+        let seg = Segment::create(&self.inner.log_dir, next_pos, seg_size)?;
+        st.segments.insert(next_pos, seg);
+        fsutil::sync_dir(&self.inner.log_dir)?;
+        st.first_index = next_index;
+        st.next_index = next_index;
+        st.write_pos = next_pos;
+        Ok(())
     }
 
     /// Read one entry (zero-copy payload, CRC checked).
@@ -497,13 +588,28 @@ impl CommitLog {
         }
         // The new write position is the end of the last kept record (so the padding decision
         // for the next record is re-made exactly as on a replica that never had the tail).
-        let new_pos = match new_next.checked_sub(1).and_then(|p| st.index.get(p)) {
-            Some(s) => s.pos + s.len as u64,
+        // If that record's segment was already deleted by a purge, restart where the first
+        // removed record was instead. (Retention only purges up to an entry whose successor is
+        // committed at the start of the next segment, so a committed log never takes this path.)
+        let end_of_kept = new_next
+            .checked_sub(1)
+            .and_then(|p| st.index.get(p))
+            .map(|s| s.pos + s.len as u64)
+            .filter(|end| {
+                let at = end.saturating_sub(1);
+                st.segments.contains_key(&(at - at % seg_size))
+            });
+        let new_pos = match end_of_kept {
+            Some(p) => p,
             None => slot_of(&self.inner, &st, new_next)?.pos,
         };
         let old_pos = st.write_pos;
         let keep_base = new_pos - new_pos % seg_size;
-        let doomed: Vec<u64> = st.segments.range(keep_base + 1..).map(|(b, _)| *b).collect();
+        let doomed: Vec<u64> = st
+            .segments
+            .range(keep_base + 1..)
+            .map(|(b, _)| *b)
+            .collect();
         let mut removed_files = false;
         for b in doomed {
             if let Some(seg) = st.segments.remove(&b) {
@@ -574,7 +680,10 @@ impl CommitLog {
 
     /// Sync everything written so far and wait for it.
     pub fn flush(&self) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| StoreError::Poisoned("log is closed".into()))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| StoreError::Poisoned("log is closed".into()))?;
         let (btx, brx) = mpsc::channel();
         tx.send(FlushMsg::Barrier(btx))
             .map_err(|_| StoreError::Poisoned("flusher thread is gone".into()))?;
@@ -620,8 +729,15 @@ fn push_dirty(dirty: &mut Vec<(Arc<Segment>, u64, u64)>, seg: &Arc<Segment>, fro
     dirty.push((Arc::clone(seg), from, to));
 }
 
-fn send_flush(tx: &Sender<FlushMsg>, seg: Arc<Segment>, from: u64, to: u64, cb: Option<FlushCallback>) {
-    if let Err(mpsc::SendError(FlushMsg::Range { cb: Some(cb), .. })) = tx.send(FlushMsg::Range { seg, from, to, cb })
+fn send_flush(
+    tx: &Sender<FlushMsg>,
+    seg: Arc<Segment>,
+    from: u64,
+    to: u64,
+    cb: Option<FlushCallback>,
+) {
+    if let Err(mpsc::SendError(FlushMsg::Range { cb: Some(cb), .. })) =
+        tx.send(FlushMsg::Range { seg, from, to, cb })
     {
         cb(Err(io::Error::other("commitlog flusher is gone")));
     }
@@ -676,7 +792,11 @@ fn read_at(inner: &Inner, st: &State, index: u64) -> Result<Record> {
         return Err(StoreError::corrupt(
             seg.path(),
             off,
-            format!("index slot for {index} points at record {} of {} bytes", h.id.index, h.total_len()),
+            format!(
+                "index slot for {index} points at record {} of {} bytes",
+                h.id.index,
+                h.total_len()
+            ),
         ));
     }
     Ok(Record {
@@ -704,10 +824,7 @@ fn flusher_loop(inner: Arc<Inner>, rx: Receiver<FlushMsg>) {
     let mut last_flush = Instant::now();
     loop {
         let first = if sync_mode || pending.is_empty() {
-            match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => None,
-            }
+            rx.recv().ok()
         } else {
             let wait = interval.saturating_sub(last_flush.elapsed());
             match rx.recv_timeout(wait) {
@@ -787,11 +904,31 @@ fn flush_batch(inner: &Inner, batch: Vec<FlushMsg>) {
     }
 }
 
+fn read_anchor(log_dir: &Path) -> Result<Option<(u64, u64)>> {
+    let p = log_dir.join(ANCHOR);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(&p, e)),
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(i)), Some(Ok(pos))) => Ok(Some((i, pos))),
+        _ => Err(StoreError::corrupt(
+            &p,
+            0,
+            "anchor is not `<index> <position>`",
+        )),
+    }
+}
+
 /// A last segment shorter than the segment size (its tail was cut off, e.g. by a crash of a
 /// copy or by an operator) is extended with zeroes; the missing bytes are then an ordinary
 /// torn tail for recovery. Earlier segments of the wrong size are refused by `Segment::open`.
 fn extend_short_tail(path: &Path, size: u64, report: &mut RecoveryReport) -> Result<()> {
-    let len = std::fs::metadata(path).map_err(|e| StoreError::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| StoreError::io(path, e))?
+        .len();
     if len >= size {
         return Ok(());
     }
@@ -863,7 +1000,11 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
             .map_err(|e| StoreError::io(seg.path(), e))?;
     }
     // Later segments hold no valid record (checked above): remove them.
-    let later: Vec<u64> = st.segments.range(stop.base + 1..).map(|(b, _)| *b).collect();
+    let later: Vec<u64> = st
+        .segments
+        .range(stop.base + 1..)
+        .map(|(b, _)| *b)
+        .collect();
     for b in later {
         if let Some(s) = st.segments.remove(&b) {
             std::fs::remove_file(s.path()).map_err(|e| StoreError::io(s.path(), e))?;
@@ -876,9 +1017,16 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
             st.write_pos = end_pos;
         }
         None => {
-            // No record at all: an empty log whose segments were all rolled over.
-            st.next_index = 0;
-            st.write_pos = bases[0];
+            // No record at all: a log emptied by `reset` (its anchor says where it restarts),
+            // or one whose records were never written.
+            let (next_index, pos) =
+                read_anchor(&cfg.dir.join("commitlog"))?.unwrap_or((0, bases[0]));
+            st.next_index = next_index;
+            st.write_pos = if pos - pos % seg_size == bases[0] {
+                pos
+            } else {
+                bases[0]
+            };
         }
     }
     // First retained index: the first record of the first segment.
@@ -898,7 +1046,9 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
     st.index.clear_from(st.next_index)?;
     // The index below the scan window must agree with the data; spot-check both ends of it.
     let ok = |i: u64| -> bool {
-        let Some(s) = st.index.get(i) else { return false };
+        let Some(s) = st.index.get(i) else {
+            return false;
+        };
         let base = s.pos - s.pos % seg_size;
         st.segments.get(&base).is_some_and(|seg| {
             record::decode(&seg.bytes()[(s.pos - base) as usize..], s.pos)
@@ -919,7 +1069,11 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
 /// Scan records from the start of `bases[0]` through the last base, (re)writing their index
 /// slots. Returns the last valid record (id, end position), the first position that is not a
 /// valid record, and how many records were scanned.
-fn scan(st: &mut State, bases: &[u64], seg_size: u64) -> Result<(Option<(RecordId, u64)>, Cursor, u64)> {
+/// Outcome of [`scan`]: last valid record (id, end position), where scanning stopped, and how
+/// many records were scanned.
+type ScanOutcome = (Option<(RecordId, u64)>, Cursor, u64);
+
+fn scan(st: &mut State, bases: &[u64], seg_size: u64) -> Result<ScanOutcome> {
     let mut last: Option<(RecordId, u64)> = None;
     let mut scanned = 0u64;
     let mut bi = 0usize;
@@ -972,7 +1126,11 @@ fn scan(st: &mut State, bases: &[u64], seg_size: u64) -> Result<(Option<(RecordI
 
 /// Search every byte position after `stop` (this segment, then all later ones) for a valid
 /// record. Only runs when recovery found a bad or empty position, so its cost is paid rarely.
-fn find_valid_after(segments: &BTreeMap<u64, Arc<Segment>>, stop: Cursor, seg_size: u64) -> Option<Cursor> {
+fn find_valid_after(
+    segments: &BTreeMap<u64, Arc<Segment>>,
+    stop: Cursor,
+    seg_size: u64,
+) -> Option<Cursor> {
     let magic0 = record::RECORD_MAGIC.to_le_bytes()[0];
     for (&base, seg) in segments.range(stop.base..) {
         let bytes = seg.bytes();
@@ -984,7 +1142,10 @@ fn find_valid_after(segments: &BTreeMap<u64, Arc<Segment>>, stop: Cursor, seg_si
                 Some(d) => p += d,
             }
             if record::decode(&bytes[p..], base + p as u64).is_ok() {
-                return Some(Cursor { base, off: p as u64 });
+                return Some(Cursor {
+                    base,
+                    off: p as u64,
+                });
             }
             p += 1;
         }
@@ -1033,8 +1194,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     let mut segments = BTreeMap::new();
     for (i, (base, path)) in files.iter().enumerate() {
         if i > 0 && files[i - 1].0 + seg_size != *base {
-            out.problems
-                .push(format!("gap: no segment between {} and {}", files[i - 1].1.display(), path.display()));
+            out.problems.push(format!(
+                "gap: no segment between {} and {}",
+                files[i - 1].1.display(),
+                path.display()
+            ));
         }
         segments.insert(*base, Segment::open(path, *base, seg_size)?);
     }

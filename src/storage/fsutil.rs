@@ -24,7 +24,9 @@ pub fn list_numbered(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>> {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(stem) = name.strip_suffix(suffix) else { continue };
+        let Some(stem) = name.strip_suffix(suffix) else {
+            continue;
+        };
         if stem.len() != NAME_WIDTH || !stem.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
@@ -69,7 +71,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// kills the process. Allocating up front turns "disk full" into an ordinary error at segment
 /// creation time.
 pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
-    let len_i = i64::try_from(len).map_err(|_| StoreError::Config(format!("file size {len} too large")))?;
+    let len_i =
+        i64::try_from(len).map_err(|_| StoreError::Config(format!("file size {len} too large")))?;
     // SAFETY: plain syscall on a valid, owned file descriptor.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len_i) };
     if rc != 0 {

@@ -88,7 +88,14 @@ impl IndexFiles {
             // SAFETY: we own the file; nothing else maps or truncates it while we run.
             let map = unsafe { MmapOptions::new().len(want as usize).map_mut(&file) }
                 .map_err(|e| StoreError::io(&path, e))?;
-            files.insert(first, IndexFile { path, map, dirty: false });
+            files.insert(
+                first,
+                IndexFile {
+                    path,
+                    map,
+                    dirty: false,
+                },
+            );
         }
         Ok(IndexFiles {
             dir: dir.to_path_buf(),
@@ -165,7 +172,11 @@ impl IndexFiles {
         // SAFETY: freshly created file owned by us.
         let map = unsafe { MmapOptions::new().len(len as usize).map_mut(&file) }
             .map_err(|e| StoreError::io(&path, e))?;
-        Ok(IndexFile { path, map, dirty: true })
+        Ok(IndexFile {
+            path,
+            map,
+            dirty: true,
+        })
     }
 
     /// Empty every slot at or above `index` (files wholly above are deleted).
@@ -189,7 +200,12 @@ impl IndexFiles {
     /// Delete files all of whose slots are below `index`.
     pub fn delete_below(&mut self, index: u64) -> Result<()> {
         let spf = self.slots_per_file;
-        let dead: Vec<u64> = self.files.keys().copied().filter(|k| k + spf <= index).collect();
+        let dead: Vec<u64> = self
+            .files
+            .keys()
+            .copied()
+            .filter(|k| k + spf <= index)
+            .collect();
         for k in dead {
             if let Some(f) = self.files.remove(&k) {
                 std::fs::remove_file(&f.path).map_err(|e| StoreError::io(&f.path, e))?;

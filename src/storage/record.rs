@@ -192,7 +192,10 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Bad(format!("bad magic {magic:#010x}")));
     }
     if h[4] != FORMAT_VERSION {
-        return Err(DecodeError::Bad(format!("unsupported format version {}", h[4])));
+        return Err(DecodeError::Bad(format!(
+            "unsupported format version {}",
+            h[4]
+        )));
     }
     let kind = RecordKind(h[5]);
     if !kind.is_known() {
@@ -249,7 +252,11 @@ mod tests {
 
     fn enc(payload: &[u8], pos: u64) -> Vec<u8> {
         let mut v = vec![0u8; HEADER_LEN + payload.len()];
-        let id = RecordId { term: 3, node: 2, index: 77 };
+        let id = RecordId {
+            term: 3,
+            node: 2,
+            index: 77,
+        };
         encode_into(&mut v, RecordKind::MESSAGE_BATCH, id, pos, payload);
         v
     }
@@ -258,7 +265,14 @@ mod tests {
     fn roundtrip() {
         let v = enc(b"hello", 4096);
         let h = decode(&v, 4096).unwrap();
-        assert_eq!(h.id, RecordId { term: 3, node: 2, index: 77 });
+        assert_eq!(
+            h.id,
+            RecordId {
+                term: 3,
+                node: 2,
+                index: 77
+            }
+        );
         assert_eq!(h.kind, RecordKind::MESSAGE_BATCH);
         assert_eq!(h.total_len(), (HEADER_LEN + 5) as u64);
         assert_eq!(&v[HEADER_LEN..], b"hello");
@@ -271,7 +285,10 @@ mod tests {
             for bit in 0..8 {
                 let mut w = v.clone();
                 w[i] ^= 1 << bit;
-                assert!(decode(&w, 0).is_err(), "flip of byte {i} bit {bit} not detected");
+                assert!(
+                    decode(&w, 0).is_err(),
+                    "flip of byte {i} bit {bit} not detected"
+                );
             }
         }
     }

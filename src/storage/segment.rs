@@ -124,10 +124,17 @@ impl Segment {
     /// Copy `data` into the mapping at `off`. Caller is the single writer and `off..off+len`
     /// lies at or beyond the write position (module invariant).
     pub(crate) fn write(&self, off: u64, data: &[u8]) {
-        assert!(off + data.len() as u64 <= self.size, "segment write out of bounds");
+        assert!(
+            off + data.len() as u64 <= self.size,
+            "segment write out of bounds"
+        );
         // SAFETY: bounds checked above; the region is not handed to readers (module invariant).
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(off as usize), data.len())
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(off as usize),
+                data.len(),
+            )
         }
     }
 
@@ -143,7 +150,13 @@ impl Segment {
     pub(crate) fn zero(&self, from: u64, to: u64) {
         assert!(from <= to && to <= self.size, "segment zero out of bounds");
         // SAFETY: bounds checked; the range is a dead tail no committed reader uses.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(from as usize), 0, (to - from) as usize) }
+        unsafe {
+            std::ptr::write_bytes(
+                self.map.as_mut_ptr().add(from as usize),
+                0,
+                (to - from) as usize,
+            )
+        }
     }
 
     /// Make `from..to` durable (msync).

@@ -1,0 +1,313 @@
+//! Test harness: a broker group of real `raftmq broker` processes on 127.0.0.1.
+//!
+//! Every node gets a free port and its own data directory under one temp dir; every process
+//! is killed when the `Cluster` is dropped. Waiting is always on a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raftmq::proto::raftmq::admin as pb;
+use raftmq::proto::raftmq::admin::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+pub type Client = AdminClient<Channel>;
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+    pub peers: String,
+}
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub group: String,
+}
+
+pub struct Opts {
+    pub segment_size: &'static str,
+    pub extra: Vec<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            segment_size: "64M",
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Start `n` nodes forming one group.
+    pub fn start(n: u64, opts: Opts) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers = (1..=n)
+            .map(|i| format!("{i}=127.0.0.1:{}", ports[(i - 1) as usize]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            tmp,
+            nodes: BTreeMap::new(),
+            group: "g1".into(),
+        };
+        for i in 1..=n {
+            let dir = c.tmp.path().join(format!("node{i}"));
+            let mut extra = vec!["--segment-size".to_string(), opts.segment_size.to_string()];
+            extra.extend(opts.extra.iter().cloned());
+            c.nodes.insert(
+                i,
+                NodeProc {
+                    id: i,
+                    port: ports[(i - 1) as usize],
+                    dir,
+                    child: None,
+                    extra,
+                    peers: peers.clone(),
+                },
+            );
+        }
+        for i in 1..=n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Add a node that is not in the initial peer list (to be added as learner).
+    pub fn add_node(&mut self, id: u64, segment_size: &str, extra: &[String]) {
+        let mut x = vec!["--segment-size".to_string(), segment_size.to_string()];
+        x.extend(extra.iter().cloned());
+        self.nodes.insert(
+            id,
+            NodeProc {
+                id,
+                port: free_port(),
+                dir: self.tmp.path().join(format!("node{id}")),
+                child: None,
+                extra: x,
+                peers: String::new(),
+            },
+        );
+        self.spawn(id);
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].port)
+    }
+
+    pub fn dir(&self, id: u64) -> &Path {
+        &self.nodes[&id].dir
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let group = self.group.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.with_extension("log"))
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftmq"));
+        cmd.args([
+            "broker",
+            "--group",
+            &group,
+            "--node-id",
+            &id.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{}", node.port),
+            "--advertise",
+            &format!("127.0.0.1:{}", node.port),
+            "--peers",
+            &node.peers,
+            "--data-dir",
+            node.dir.to_str().expect("utf-8 path"),
+        ])
+        .args(&node.extra)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        node.child = Some(cmd.spawn().expect("spawn raftmq broker"));
+    }
+
+    /// SIGKILL a node.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM a node and wait for it to exit (bounded; SIGKILL after 20 s).
+    pub fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    pub async fn client(&self, id: u64) -> Client {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10));
+        AdminClient::new(ep.connect_lazy())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn status(&self, id: u64) -> Option<pb::NodeStatus> {
+        let mut c = self.client(id).await;
+        c.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Wait until every running node reports the same leader and term; returns (leader, term).
+    pub async fn wait_leader(&self, within: Duration) -> (u64, u64) {
+        let deadline = Instant::now() + within;
+        let mut last = Vec::new();
+        loop {
+            let mut seen = Vec::new();
+            for id in self.running() {
+                seen.push((id, self.status(id).await));
+            }
+            let views: Vec<(Option<u64>, u64)> = seen
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().map(|s| (s.leader_id, s.term)))
+                .collect();
+            if views.len() == seen.len()
+                && let Some((Some(l), t)) = views.first().copied()
+                && views.iter().all(|v| *v == (Some(l), t))
+                && self.running().contains(&l)
+            {
+                let leaders = seen
+                    .iter()
+                    .filter(|(_, s)| s.as_ref().is_some_and(|s| s.role == "leader"))
+                    .count();
+                assert_eq!(leaders, 1, "exactly one node must call itself leader: {seen:?}");
+                return (l, t);
+            }
+            last = seen;
+            assert!(Instant::now() < deadline, "no agreed leader within {within:?}: {last:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status(id).await
+                && s.applied.is_some_and(|a| a >= index)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not apply {index} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn create_topic(&self, via: u64, name: &str, queues: u32, message_type: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut c = self.client(via).await;
+            let r = c
+                .upsert_topic(pb::TopicConfig {
+                    name: name.into(),
+                    queues,
+                    perm: "rw".into(),
+                    message_type: message_type.into(),
+                })
+                .await;
+            match r {
+                Ok(_) => return,
+                Err(e) => assert!(Instant::now() < deadline, "create topic: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Read every message of `topic` from node `id` (all queues), as (queue, offset, message).
+    pub async fn read_all(&self, id: u64, topic: &str, queues: u32) -> Vec<(u32, pb::QueueMessage)> {
+        let mut c = self.client(id).await;
+        let mut out = Vec::new();
+        for q in 0..queues {
+            let mut from = 0;
+            loop {
+                let r = c
+                    .read_queue(pb::ReadQueueRequest {
+                        topic: topic.into(),
+                        queue_id: q,
+                        offset: from,
+                        max: 1000,
+                    })
+                    .await
+                    .expect("read_queue")
+                    .into_inner();
+                if from < r.min_offset {
+                    from = r.min_offset;
+                    continue;
+                }
+                if r.messages.is_empty() {
+                    break;
+                }
+                from = r.messages.last().map(|m| m.offset + 1).unwrap_or(from);
+                out.extend(r.messages.into_iter().map(|m| (q, m)));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+pub fn message(topic: &str, id: &str, body: Vec<u8>) -> pb::ProduceMessage {
+    pb::ProduceMessage {
+        topic: topic.into(),
+        queue_id: -1,
+        message_id: id.into(),
+        tag: "t".into(),
+        keys: vec![format!("k-{id}")],
+        properties: Default::default(),
+        body: body.into(),
+        message_group: String::new(),
+        born_timestamp_ms: 0,
+    }
+}

@@ -1,0 +1,17 @@
+//! A broker node: wiring of storage, Raft and the gRPC services.
+//!
+//! * [`node`] starts a node: log store, state machine, openraft, one gRPC port.
+//! * [`ops`] implements the requests: writes go through Raft on the leader (a follower
+//!   forwards them), reads come from the applied state of the node asked.
+//! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`].
+
+pub mod admin;
+pub mod error;
+pub mod node;
+pub mod ops;
+
+pub use error::BrokerError;
+pub use node::{Node, NodeConfig};
+
+/// Largest gRPC message a broker accepts or sends (above the largest message body).
+pub const MAX_GRPC_MESSAGE: usize = 80 << 20;

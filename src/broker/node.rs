@@ -1,0 +1,404 @@
+//! One broker node: the CommitLog-backed log store, the dispatching state machine, openraft,
+//! and one gRPC port carrying the Raft transport and the admin service.
+//!
+//! Start-up is idempotent: every node of a new group calls `initialize` with the same member
+//! list (which openraft turns into the same membership entry at index 0 on each), and a node
+//! whose log or vote is not empty is never re-initialised, so restarting any or all nodes
+//! needs no manual step.
+
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::error::BrokerError;
+use crate::raft::grpc::{RaftGrpcService, configure_server};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{GrpcNetworkConfig, GrpcNetworkFactory};
+use crate::raft::state_machine::{SmHandle, StateMachine};
+use crate::raft::{NodeId, TypeConfig};
+use crate::storage::{CommitLog, CommitLogConfig, FlushMode};
+
+/// Settings of one broker node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Broker group name.
+    pub group: String,
+    /// This node's id (a key of `peers`, or a new node joining as learner).
+    pub node_id: NodeId,
+    /// Address to bind the gRPC port to.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node (default: `peers[node_id]`).
+    pub advertise: String,
+    /// The initial members: node id → `host:port`. Empty for a node that joins later.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// CommitLog durability.
+    pub flush: FlushMode,
+    /// CommitLog segment size in bytes.
+    pub segment_size: u64,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range (min; max is 2 × min).
+    pub election_timeout: Duration,
+    /// Delete whole segments older than this (None = keep by age).
+    pub retention_time: Option<Duration>,
+    /// Delete the oldest whole segments while the log is larger than this (None = no limit).
+    pub retention_bytes: Option<u64>,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for a node; callers fill in the identity fields.
+    pub fn new(group: &str, node_id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            group: group.to_string(),
+            node_id,
+            listen,
+            advertise: listen.to_string(),
+            peers: BTreeMap::new(),
+            data_dir,
+            flush: FlushMode::Sync,
+            segment_size: 1 << 30,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            retention_time: None,
+            retention_bytes: None,
+            retention_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Check the settings before anything is opened.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if self.group.is_empty()
+            || !self
+                .group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(BrokerError::Config(format!(
+                "group: `{}` must be non-empty and use only letters, digits, `-` and `_`",
+                self.group
+            )));
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.node_id) {
+            return Err(BrokerError::Config(format!(
+                "peers: node id {} is not in the peer list {:?}",
+                self.node_id,
+                self.peers.keys().collect::<Vec<_>>()
+            )));
+        }
+        if self.heartbeat.is_zero() || self.election_timeout < self.heartbeat * 3 {
+            return Err(BrokerError::Config(
+                "election timeout must be at least 3 heartbeat intervals".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn raft_config(&self) -> Result<Config, BrokerError> {
+        let min = self.election_timeout.as_millis() as u64;
+        let cfg = Config {
+            cluster_name: self.group.clone(),
+            heartbeat_interval: self.heartbeat.as_millis() as u64,
+            election_timeout_min: min,
+            election_timeout_max: min * 2,
+            enable_pre_vote: Some(true),
+            // Snapshots are built only at the retention boundary (see `state_machine`), never
+            // on a log-count policy: a snapshot past that boundary would let a lagging follower
+            // skip live messages.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| BrokerError::Config(format!("raft: {e}")))
+    }
+}
+
+/// Parse `1=host:port,2=host:port`. Hosts may be DNS names with dashes and dots (Kubernetes
+/// pod names), IPv4 addresses or bracketed IPv6 addresses.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, BrokerError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| BrokerError::Config(format!("peers: `{part}` is not ID=HOST:PORT")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| BrokerError::Config(format!("peers: node id `{id}` is not a number")))?;
+        let addr = addr.trim();
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| BrokerError::Config(format!("peers: `{addr}` has no :PORT")))?;
+        let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        if !host_ok {
+            return Err(BrokerError::Config(format!(
+                "peers: `{host}` is not a host name or address"
+            )));
+        }
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(BrokerError::Config(format!(
+                "peers: `{port}` is not a port"
+            )));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(BrokerError::Config(format!(
+                "peers: node id {id} appears twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// A running node.
+pub struct Node {
+    /// The configuration it runs with.
+    pub config: NodeConfig,
+    /// openraft handle.
+    pub raft: Raft<TypeConfig, StateMachine>,
+    /// Read side of the state machine (topics, queues, offsets).
+    pub sm: SmHandle,
+    /// The CommitLog.
+    pub log: Arc<CommitLog>,
+    /// Address the gRPC port is bound to.
+    pub local_addr: SocketAddr,
+    pub(crate) forwarder: super::ops::Forwarder,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Open storage, start Raft and serve the gRPC port. Returns once the port is bound.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, BrokerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            BrokerError::Config(format!("data-dir {}: {e}", config.data_dir.display()))
+        })?;
+        let mut lc = CommitLogConfig::new(&config.data_dir);
+        lc.flush = config.flush;
+        lc.segment_size = config.segment_size;
+        let store = LogStore::open(lc)?;
+        let log = store.commitlog();
+        let (sm, handle) = StateMachine::open(&config.data_dir, Arc::clone(&log))?;
+        let raft_cfg = Arc::new(config.raft_config()?);
+        let network = GrpcNetworkFactory::new(config.node_id, GrpcNetworkConfig::default());
+        let raft = Raft::new(config.node_id, raft_cfg, network, store, sm)
+            .await
+            .map_err(|e| BrokerError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| BrokerError::Config(format!("listen {}: {e}", config.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let (shutdown, mut rx) = watch::channel(false);
+        let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
+            let admin = super::admin::AdminService::new(weak.clone()).into_server();
+            let raft_svc = RaftGrpcService::new(raft.clone()).into_server();
+            let incoming = tokio_stream_listener(listener);
+            let server = tokio::spawn(async move {
+                let res = configure_server(tonic::transport::Server::builder())
+                    .add_service(raft_svc)
+                    .add_service(admin)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!("grpc server stopped: {e}");
+                }
+            });
+            Node {
+                config: config.clone(),
+                raft: raft.clone(),
+                sm: handle,
+                log,
+                local_addr,
+                forwarder: super::ops::Forwarder::default(),
+                shutdown,
+                tasks: std::sync::Mutex::new(vec![server]),
+            }
+        });
+        node.bootstrap().await?;
+        let n = Arc::clone(&node);
+        let retention = tokio::spawn(async move { n.retention_loop().await });
+        if let Ok(mut t) = node.tasks.lock() {
+            t.push(retention);
+        }
+        Ok(node)
+    }
+
+    async fn bootstrap(&self) -> Result<(), BrokerError> {
+        if self.config.peers.is_empty() {
+            return Ok(()); // joins later as a learner
+        }
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| BrokerError::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, BasicNode> = self
+            .config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            // Another node's membership already reached us: the group exists.
+            Err(e)
+                if e.to_string().contains("not allowed")
+                    || e.to_string().contains("NotAllowed") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(BrokerError::Raft(format!("initialize: {e}"))),
+        }
+    }
+
+    async fn retention_loop(self: Arc<Self>) {
+        let mut rx = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retention_interval) => {}
+                _ = rx.wait_for(|s| *s) => return,
+            }
+            if self.config.retention_time.is_none() && self.config.retention_bytes.is_none() {
+                continue;
+            }
+            if let Err(e) = self.run_retention().await {
+                tracing::warn!("retention: {e}");
+            }
+        }
+    }
+
+    /// Apply the retention policy now. See `state_machine` for why this is safe.
+    pub async fn run_retention(&self) -> Result<RetentionOutcome, BrokerError> {
+        let plan = self
+            .sm
+            .retention_boundary(self.config.retention_time, self.config.retention_bytes)?;
+        let Some(boundary) = plan else {
+            return Ok(RetentionOutcome {
+                segments_deleted: 0,
+                snapshot_index: None,
+            });
+        };
+        // The snapshot (state as of the boundary) must exist before openraft may purge.
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| BrokerError::Raft(e.to_string()))?;
+        let mut m = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if m.borrow_watched()
+                .snapshot
+                .is_some_and(|s| s.index >= boundary)
+            {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, m.changed())
+                .await
+                .is_err()
+            {
+                return Err(BrokerError::Internal(
+                    "snapshot at the retention boundary not built in time".into(),
+                ));
+            }
+        }
+        let before = self.log.segment_files()?.len();
+        self.raft
+            .trigger()
+            .purge_log(boundary)
+            .await
+            .map_err(|e| BrokerError::Raft(e.to_string()))?;
+        // Purge is applied asynchronously by openraft; wait for it to land.
+        loop {
+            if m.borrow_watched()
+                .purged
+                .is_some_and(|p| p.index >= boundary)
+            {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, m.changed())
+                .await
+                .is_err()
+            {
+                break; // openraft may delay purge while a follower still reads those logs
+            }
+        }
+        let after = self.log.segment_files()?.len();
+        self.sm.prune_marks()?;
+        Ok(RetentionOutcome {
+            segments_deleted: before.saturating_sub(after) as u64,
+            snapshot_index: Some(boundary),
+        })
+    }
+
+    /// Address of the current leader, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// Stop serving and shut Raft down.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.raft.shutdown().await;
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+        self.sm.checkpoint_now();
+    }
+}
+
+/// What one retention run did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetentionOutcome {
+    /// Segment files deleted.
+    pub segments_deleted: u64,
+    /// Index of the snapshot built at the boundary.
+    pub snapshot_index: Option<u64>,
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}

@@ -1,0 +1,600 @@
+//! What a node does for each admin request: local Raft writes on the leader, forwarding from
+//! followers, and reads of applied state.
+
+use openraft::type_config::async_runtime::watch::WatchReceiver;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openraft::BasicNode;
+use openraft::error::{ClientWriteError, RaftError};
+use tonic::transport::Channel;
+
+use super::error::BrokerError;
+use super::node::Node;
+use crate::proto::raftmq::admin as pb;
+use crate::proto::raftmq::admin::admin_client::AdminClient;
+use crate::raft::state_machine::{self, InternalCommand, Perm, TopicConfig, TopicMessageType};
+use crate::raft::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::storage::message::{self, MessageType, NewMessage};
+
+/// Cached clients to other nodes' admin services, for forwarding.
+#[derive(Default)]
+pub struct Forwarder {
+    clients: std::sync::Mutex<HashMap<String, AdminClient<Channel>>>,
+    round_robin: AtomicU64,
+    id_seq: AtomicU64,
+}
+
+impl Forwarder {
+    fn client(&self, addr: &str) -> Result<AdminClient<Channel>, BrokerError> {
+        let mut g = self
+            .clients
+            .lock()
+            .map_err(|_| BrokerError::Internal("forwarder lock poisoned".into()))?;
+        if let Some(c) = g.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
+            .map_err(|e| BrokerError::Config(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(30));
+        let c = AdminClient::new(ep.connect_lazy())
+            .max_decoding_message_size(super::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(super::MAX_GRPC_MESSAGE);
+        g.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The original request of an internal write, kept to forward it unchanged.
+enum Fwd {
+    Upsert(pb::TopicConfig),
+    Delete(pb::DeleteTopicRequest),
+    Offset(pb::CommitOffsetRequest),
+}
+
+/// Where a write must go.
+enum Route {
+    Local,
+    Leader(NodeId, String),
+}
+
+type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn fwd_err(leader: NodeId, addr: &str, s: tonic::Status) -> BrokerError {
+    match s.code() {
+        // The leader's own answer (bad request, unknown topic ...) is passed through as is.
+        tonic::Code::InvalidArgument => BrokerError::BadRequest(s.message().to_string()),
+        tonic::Code::NotFound => BrokerError::TopicNotFound(s.message().to_string()),
+        _ => BrokerError::Forward {
+            leader,
+            addr: addr.to_string(),
+            reason: s.message().to_string(),
+        },
+    }
+}
+
+impl Node {
+    fn route(&self) -> Result<Route, BrokerError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        match m.current_leader {
+            Some(id) if id == self.config.node_id => Ok(Route::Local),
+            Some(id) => {
+                let addr = m
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| BrokerError::NoLeader(self.config.group.clone()))?;
+                Ok(Route::Leader(id, addr))
+            }
+            None => Err(BrokerError::NoLeader(self.config.group.clone())),
+        }
+    }
+
+    /// Propose a command on this node (which must be the leader).
+    async fn write_local(
+        &self,
+        cmd: Command,
+    ) -> Result<Result<CommandResponse, Route>, BrokerError> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(Ok(r.data)),
+            Err(e) => self.write_error(e).map(Err),
+        }
+    }
+
+    fn write_error(&self, e: WriteError) -> Result<Route, BrokerError> {
+        if let Some(f) = e.forward_to_leader() {
+            return match (f.leader_id, &f.leader_node) {
+                (Some(id), Some(n)) if id != self.config.node_id => {
+                    Ok(Route::Leader(id, n.addr.clone()))
+                }
+                _ => Err(BrokerError::NoLeader(self.config.group.clone())),
+            };
+        }
+        Err(BrokerError::Raft(e.to_string()))
+    }
+
+    async fn write_internal(
+        &self,
+        cmd: InternalCommand,
+    ) -> Result<Result<CommandResponse, Route>, BrokerError> {
+        let bytes = serde_json::to_vec(&cmd).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        self.write_local(Command {
+            kind: state_machine::INTERNAL_JSON_KIND,
+            data: Bytes::from(bytes),
+        })
+        .await
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> pb::NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let role = if m.state.is_leader() {
+            "leader"
+        } else if m.state.is_candidate() {
+            "candidate"
+        } else if m.state.is_follower() {
+            "follower"
+        } else if m.state.is_learner() {
+            "learner"
+        } else {
+            "shutdown"
+        };
+        let leader_addr = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let (oldest, write_pos) = self.log_positions();
+        pb::NodeStatus {
+            node_id: self.config.node_id,
+            group: self.config.group.clone(),
+            role: role.to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            last_log_index: m.last_log_index,
+            committed: m.cluster_committed.or(m.local_committed).map(|l| l.index),
+            applied: m.last_applied.map(|l| l.index),
+            first_index: self.log.first_index().unwrap_or(0),
+            voters: voters.into_iter().collect(),
+            learners,
+            oldest_position: oldest,
+            write_position: write_pos,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            poisoned: self.log.poisoned().unwrap_or_default(),
+            topics: self.sm.topics().len() as u64,
+        }
+    }
+
+    fn log_positions(&self) -> (u64, u64) {
+        let oldest = self
+            .log
+            .segment_files()
+            .ok()
+            .and_then(|v| v.first().map(|(b, _)| *b))
+            .unwrap_or(0);
+        (oldest, self.log.write_pos().unwrap_or(0))
+    }
+
+    /// Append messages through Raft (forwarded to the leader from a follower).
+    pub async fn produce(&self, req: pb::ProduceRequest) -> Result<pb::ProduceReply, BrokerError> {
+        if req.messages.is_empty() {
+            return Err(BrokerError::BadRequest("empty batch".into()));
+        }
+        let route = match self.route()? {
+            Route::Local => match self.produce_local(&req).await? {
+                Ok(reply) => return Ok(reply),
+                Err(route) => route,
+            },
+            r => r,
+        };
+        let Route::Leader(id, addr) = route else {
+            return Err(BrokerError::NoLeader(self.config.group.clone()));
+        };
+        let mut c = self.forwarder.client(&addr)?;
+        c.produce(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| fwd_err(id, &addr, s))
+    }
+
+    async fn produce_local(
+        &self,
+        req: &pb::ProduceRequest,
+    ) -> Result<Result<pb::ProduceReply, Route>, BrokerError> {
+        let now = now_ms();
+        let mut msgs = Vec::with_capacity(req.messages.len());
+        // Results for messages already stored (leader fast path of idempotent sends).
+        let mut dups: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
+        for (i, m) in req.messages.iter().enumerate() {
+            let topic = self
+                .sm
+                .topic(&m.topic)
+                .ok_or_else(|| BrokerError::TopicNotFound(m.topic.clone()))?;
+            if !topic.perm.writable() {
+                return Err(BrokerError::Forbidden(m.topic.clone(), "writable"));
+            }
+            let message_id = if m.message_id.is_empty() {
+                self.new_message_id()
+            } else {
+                m.message_id.clone()
+            };
+            if let Some(place) = self.sm.find_duplicate(&message_id) {
+                dups.insert(
+                    i,
+                    pb::ProduceResult {
+                        message_id,
+                        topic: place.topic,
+                        queue_id: place.queue,
+                        offset: place.offset,
+                        duplicate: true,
+                    },
+                );
+                continue;
+            }
+            let queue_id = if m.queue_id >= 0 {
+                let q = m.queue_id as u32;
+                if q >= topic.queues {
+                    return Err(BrokerError::BadRequest(format!(
+                        "queue {q} out of range: topic `{}` has {} queues",
+                        topic.name, topic.queues
+                    )));
+                }
+                q
+            } else if !m.message_group.is_empty() {
+                // Same message group → same queue, so FIFO order is one queue's order.
+                (crc32c::crc32c(m.message_group.as_bytes()) % topic.queues.max(1)) as u32
+            } else {
+                (self.forwarder.round_robin.fetch_add(1, Ordering::Relaxed)
+                    % topic.queues.max(1) as u64) as u32
+            };
+            let msg_type = match topic.message_type {
+                TopicMessageType::Fifo => MessageType::Fifo,
+                _ if !m.message_group.is_empty() => MessageType::Fifo,
+                _ => MessageType::Normal,
+            };
+            if msg_type == MessageType::Fifo && m.message_group.is_empty() {
+                return Err(BrokerError::BadRequest(format!(
+                    "topic `{}` is FIFO: messages need a message group",
+                    topic.name
+                )));
+            }
+            msgs.push((
+                i,
+                NewMessage {
+                    msg_type,
+                    queue_id,
+                    born_timestamp_ms: if m.born_timestamp_ms > 0 {
+                        m.born_timestamp_ms
+                    } else {
+                        now
+                    },
+                    store_timestamp_ms: now,
+                    delivery_timestamp_ms: 0,
+                    topic: m.topic.clone(),
+                    message_id,
+                    tag: m.tag.clone(),
+                    message_group: m.message_group.clone(),
+                    keys: m.keys.clone(),
+                    properties: m
+                        .properties
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    born_host: String::new(),
+                    body: m.body.clone(),
+                },
+            ));
+        }
+        let mut raft_index = 0;
+        let mut stored: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
+        if !msgs.is_empty() {
+            let batch: Vec<NewMessage> = msgs.iter().map(|(_, m)| m.clone()).collect();
+            let payload = message::encode_batch(&batch)
+                .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+            let resp = match self
+                .write_local(Command::messages(Bytes::from(payload)))
+                .await?
+            {
+                Ok(r) => r,
+                Err(route) => return Ok(Err(route)),
+            };
+            raft_index = resp.index;
+            let places = state_machine::decode_batch_result(&resp.data)
+                .map_err(|e| BrokerError::Internal(format!("bad apply result: {e}")))?;
+            if places.len() != msgs.len() {
+                return Err(BrokerError::Internal(
+                    "apply result does not match the batch".into(),
+                ));
+            }
+            for ((i, m), p) in msgs.into_iter().zip(places) {
+                stored.insert(
+                    i,
+                    pb::ProduceResult {
+                        message_id: m.message_id,
+                        topic: p.topic,
+                        queue_id: p.queue,
+                        offset: p.offset,
+                        duplicate: p.duplicate,
+                    },
+                );
+            }
+        }
+        stored.extend(dups);
+        Ok(Ok(pb::ProduceReply {
+            results: stored.into_values().collect(),
+            raft_index,
+        }))
+    }
+
+    fn new_message_id(&self) -> String {
+        let seq = self.forwarder.id_seq.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:04X}{:012X}{:08X}",
+            self.config.node_id & 0xffff,
+            now_ms(),
+            seq & 0xffff_ffff
+        )
+    }
+
+    /// Read applied messages of one queue from this node.
+    pub fn read_queue(&self, req: pb::ReadQueueRequest) -> Result<pb::ReadQueueReply, BrokerError> {
+        let max = req.max.clamp(1, 10_000) as usize;
+        let (msgs, min, max_off) = self
+            .sm
+            .read_queue(&req.topic, req.queue_id, req.offset, max)?;
+        Ok(pb::ReadQueueReply {
+            messages: msgs
+                .into_iter()
+                .map(|(offset, pos, v)| pb::QueueMessage {
+                    offset,
+                    message_id: v.message_id.to_string(),
+                    tag: v.tag.to_string(),
+                    keys: v.keys.iter().map(|k| k.to_string()).collect(),
+                    properties: v
+                        .properties
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    body: v.body.clone(),
+                    commitlog_position: pos,
+                    store_timestamp_ms: v.store_timestamp_ms,
+                    message_group: v.message_group.to_string(),
+                })
+                .collect(),
+            min_offset: min,
+            max_offset: max_off,
+        })
+    }
+
+    async fn forwarded<T, F, Fut>(&self, id: NodeId, addr: String, f: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let c = self.forwarder.client(&addr)?;
+        f(c).await
+            .map(|r| r.into_inner())
+            .map_err(|s| fwd_err(id, &addr, s))
+    }
+
+    async fn internal(
+        &self,
+        cmd: InternalCommand,
+        fwd: Fwd,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        let route = match self.route()? {
+            Route::Local => match self.write_internal(cmd).await? {
+                Ok(r) => {
+                    return Ok(pb::AdminReply {
+                        raft_index: r.index,
+                        message: String::from_utf8_lossy(&r.data).into_owned(),
+                    });
+                }
+                Err(route) => route,
+            },
+            r => r,
+        };
+        let Route::Leader(id, addr) = route else {
+            return Err(BrokerError::NoLeader(self.config.group.clone()));
+        };
+        match fwd {
+            Fwd::Upsert(t) => {
+                self.forwarded(id, addr, |mut c| async move { c.upsert_topic(t).await })
+                    .await
+            }
+            Fwd::Delete(d) => {
+                self.forwarded(id, addr, |mut c| async move { c.delete_topic(d).await })
+                    .await
+            }
+            Fwd::Offset(o) => {
+                self.forwarded(id, addr, |mut c| async move { c.commit_offset(o).await })
+                    .await
+            }
+        }
+    }
+
+    /// Create or update a topic.
+    pub async fn upsert_topic(&self, t: pb::TopicConfig) -> Result<pb::AdminReply, BrokerError> {
+        let topic = TopicConfig {
+            name: t.name.clone(),
+            queues: t.queues,
+            perm: if t.perm.is_empty() {
+                Perm::ReadWrite
+            } else {
+                t.perm.parse().map_err(BrokerError::BadRequest)?
+            },
+            message_type: if t.message_type.is_empty() {
+                TopicMessageType::Normal
+            } else {
+                t.message_type.parse().map_err(BrokerError::BadRequest)?
+            },
+        };
+        topic.validate().map_err(BrokerError::BadRequest)?;
+        self.internal(InternalCommand::UpsertTopic { topic }, Fwd::Upsert(t))
+            .await
+    }
+
+    /// Delete a topic.
+    pub async fn delete_topic(
+        &self,
+        d: pb::DeleteTopicRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        if self.sm.topic(&d.name).is_none() {
+            return Err(BrokerError::TopicNotFound(d.name));
+        }
+        self.internal(
+            InternalCommand::DeleteTopic {
+                name: d.name.clone(),
+            },
+            Fwd::Delete(d),
+        )
+        .await
+    }
+
+    /// Topics as applied here.
+    pub fn list_topics(&self) -> pb::ListTopicsReply {
+        pb::ListTopicsReply {
+            topics: self
+                .sm
+                .topics()
+                .into_iter()
+                .map(|t| pb::TopicConfig {
+                    name: t.name,
+                    queues: t.queues,
+                    perm: t.perm.to_string(),
+                    message_type: t.message_type.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Commit a consumer group offset.
+    pub async fn commit_offset(
+        &self,
+        o: pb::CommitOffsetRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        if o.group.is_empty() {
+            return Err(BrokerError::BadRequest("group must not be empty".into()));
+        }
+        let cmd = InternalCommand::CommitOffset {
+            group: o.group.clone(),
+            topic: o.topic.clone(),
+            queue: o.queue_id,
+            offset: o.offset,
+        };
+        self.internal(cmd, Fwd::Offset(o)).await
+    }
+
+    /// Add a learner (forwarded to the leader). Blocks until it has caught up.
+    pub async fn add_learner(
+        &self,
+        r: pb::AddLearnerRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        match self.route()? {
+            Route::Leader(id, addr) => {
+                self.forwarded(id, addr, |mut c| async move { c.add_learner(r).await })
+                    .await
+            }
+            Route::Local => {
+                let out = self
+                    .raft
+                    .add_learner(
+                        r.node_id,
+                        BasicNode {
+                            addr: r.addr.clone(),
+                        },
+                        true,
+                    )
+                    .await
+                    .map_err(|e| BrokerError::Raft(e.to_string()))?;
+                Ok(pb::AdminReply {
+                    raft_index: out.log_id.index,
+                    message: format!("node {} added as learner", r.node_id),
+                })
+            }
+        }
+    }
+
+    /// Replace the voter set (forwarded to the leader).
+    pub async fn change_membership(
+        &self,
+        r: pb::ChangeMembershipRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        if r.voters.is_empty() {
+            return Err(BrokerError::BadRequest("voters must not be empty".into()));
+        }
+        match self.route()? {
+            Route::Leader(id, addr) => {
+                self.forwarded(
+                    id,
+                    addr,
+                    |mut c| async move { c.change_membership(r).await },
+                )
+                .await
+            }
+            Route::Local => {
+                let voters: BTreeSet<NodeId> = r.voters.iter().copied().collect();
+                let out = self
+                    .raft
+                    .change_membership(voters, false)
+                    .await
+                    .map_err(|e| BrokerError::Raft(e.to_string()))?;
+                Ok(pb::AdminReply {
+                    raft_index: out.log_id.index,
+                    message: format!("voters are now {:?}", r.voters),
+                })
+            }
+        }
+    }
+
+    /// Move leadership to `to` (forwarded to the leader).
+    pub async fn transfer_leader(
+        &self,
+        r: pb::TransferLeaderRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        match self.route()? {
+            Route::Leader(id, addr) => {
+                self.forwarded(id, addr, |mut c| async move { c.transfer_leader(r).await })
+                    .await
+            }
+            Route::Local => {
+                let m = self.raft.metrics().borrow_watched().clone();
+                if !m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == r.to)
+                {
+                    return Err(BrokerError::BadRequest(format!(
+                        "node {} is not a voter",
+                        r.to
+                    )));
+                }
+                self.raft
+                    .trigger()
+                    .transfer_leader(r.to)
+                    .await
+                    .map_err(|e| BrokerError::Raft(e.to_string()))?;
+                Ok(pb::AdminReply {
+                    raft_index: 0,
+                    message: format!("leadership transfer to {} started", r.to),
+                })
+            }
+        }
+    }
+}
