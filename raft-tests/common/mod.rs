@@ -311,3 +311,120 @@ pub fn message(topic: &str, id: &str, body: Vec<u8>) -> pb::ProduceMessage {
         born_timestamp_ms: 0,
     }
 }
+
+/// Tests of one binary share the machine's two cores: run their clusters one at a time so
+/// election timing is not distorted by a neighbour's load.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Produce `msgs` through node `via`, retrying while no leader is known. Returns the reply.
+pub async fn produce(c: &Cluster, via: u64, msgs: Vec<pb::ProduceMessage>, within: Duration) -> pb::ProduceReply {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut cl = c.client(via).await;
+        match cl.produce(pb::ProduceRequest { messages: msgs.clone() }).await {
+            Ok(r) => return r.into_inner(),
+            Err(e) => assert!(Instant::now() < deadline, "produce via {via}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Offline checks on stopped nodes' data directories.
+pub mod offline {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use raftmq::raft::log_store::{LogStore, record_to_entry};
+    use raftmq::raft::state_machine::StateMachine;
+    use raftmq::storage::CommitLogConfig;
+    use raftmq::storage::commitlog::{CommitLog, inspect};
+    use raftmq::storage::consumequeue::{ConsumeQueueStore, CqUnit};
+    use raftmq::storage::dispatch::DispatchConfig;
+
+    /// (index → (term, node, position, record bytes)) of a node's CommitLog.
+    pub fn records(dir: &Path) -> BTreeMap<u64, (u64, u64, u64, Vec<u8>)> {
+        let insp = inspect(dir).expect("inspect");
+        assert!(insp.problems.is_empty(), "{}: {:?}", dir.display(), insp.problems);
+        let seg = insp.segment_size;
+        let mut out = BTreeMap::new();
+        for e in insp.entries {
+            let base = e.pos - e.pos % seg;
+            let file = dir.join("commitlog").join(format!("{base:020}"));
+            let bytes = std::fs::read(&file).expect("segment");
+            let off = (e.pos - base) as usize;
+            let len = 48 + e.payload_len as usize;
+            out.insert(e.id.index, (e.id.term, e.id.node, e.pos, bytes[off..off + len].to_vec()));
+        }
+        out
+    }
+
+    /// Every queue's units: (topic, queue) → (min offset, units from min).
+    pub fn queues(dir: &Path) -> BTreeMap<(String, u32), (u64, Vec<CqUnit>)> {
+        let cq = ConsumeQueueStore::open(dir.join("consumequeue"), DispatchConfig::default().cq_units_per_file)
+            .expect("open consumequeue");
+        let mut out = BTreeMap::new();
+        for (t, q) in cq.queues() {
+            let min = cq.min_offset(&t, q).unwrap_or(0);
+            let max = cq.max_offset(&t, q).unwrap_or(0);
+            let mut units = Vec::new();
+            let mut from = min;
+            while from < max {
+                let r = cq.range(&t, q, from, 10_000);
+                if r.is_empty() {
+                    break;
+                }
+                from += r.len() as u64;
+                units.extend(r);
+            }
+            out.insert((t, q), (min, units));
+        }
+        out
+    }
+
+    fn copy_dir(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).expect("mkdir");
+        for e in std::fs::read_dir(src).expect("read_dir") {
+            let e = e.expect("entry");
+            let to = dst.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_dir(&e.path(), &to);
+            } else {
+                std::fs::copy(e.path(), to).expect("copy");
+            }
+        }
+    }
+
+    /// Recompute a node's ConsumeQueues by applying its own CommitLog to a fresh state
+    /// machine (the same apply code the node runs), in a scratch copy.
+    pub async fn recomputed_queues(dir: &Path, segment_size: u64) -> BTreeMap<(String, u32), (u64, Vec<CqUnit>)> {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        copy_dir(&dir.join("commitlog"), &scratch.path().join("commitlog"));
+        copy_dir(&dir.join("index"), &scratch.path().join("index"));
+        copy_dir(&dir.join("raft"), &scratch.path().join("raft"));
+        let mut cfg = CommitLogConfig::new(scratch.path());
+        cfg.segment_size = segment_size;
+        let store = LogStore::open(cfg).expect("open log");
+        let log: Arc<CommitLog> = store.commitlog();
+        let (mut sm, _h) = StateMachine::open(scratch.path(), Arc::clone(&log)).expect("open sm");
+        let first = log.first_index().expect("first");
+        let next = log.next_index().expect("next");
+        let entries: Vec<_> = log
+            .read_range(first, next, None)
+            .expect("read")
+            .into_iter()
+            .map(|r| record_to_entry(r).expect("entry"))
+            .collect();
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None)))).boxed();
+        openraft::storage::RaftStateMachine::apply(&mut sm, stream).await.expect("apply");
+        let h = _h;
+        h.checkpoint_now();
+        drop(sm);
+        drop(h);
+        queues(scratch.path())
+    }
+}
