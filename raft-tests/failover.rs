@@ -51,15 +51,18 @@ fn start_writer(addrs: BTreeMap<u64, String>, topic: &'static str) -> Writer {
             }
         }
     });
-    Writer { acked, stop, handle }
+    Writer {
+        acked,
+        stop,
+        handle,
+    }
 }
 
 impl Writer {
     async fn finish(self) -> Vec<(String, Instant)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.handle.await;
-        let v = self.acked.lock().expect("lock").clone();
-        v
+        self.acked.lock().expect("lock").clone()
     }
     fn count(&self) -> usize {
         self.acked.lock().expect("lock").len()
@@ -69,15 +72,25 @@ impl Writer {
 async fn wait_count(w: &Writer, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     while w.count() < n {
-        assert!(Instant::now() < deadline, "writer stuck at {} of {n} acks", w.count());
+        assert!(
+            Instant::now() < deadline,
+            "writer stuck at {} of {n} acks",
+            w.count()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_write() {
-    let _g = common::serial();
-    let mut c = Cluster::start(3, Opts { segment_size: "1M", extra: vec![] });
+    let _g = common::serial().await;
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            segment_size: "1M",
+            extra: vec![],
+        },
+    );
     let (old_leader, _) = c.wait_leader(Duration::from_secs(20)).await;
     c.create_topic(old_leader, "pay", 2, "normal").await;
     let addrs: BTreeMap<u64, String> = (1..=3).map(|i| (i, c.addr(i))).collect();
@@ -90,8 +103,18 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     wait_count(&w, before + 300, Duration::from_secs(30)).await;
     let acked = w.finish().await;
 
-    let last_before = acked.iter().filter(|(_, t)| *t <= killed_at).map(|(_, t)| *t).max().expect("acks before");
-    let first_after = acked.iter().filter(|(_, t)| *t > killed_at).map(|(_, t)| *t).min().expect("acks after");
+    let last_before = acked
+        .iter()
+        .filter(|(_, t)| *t <= killed_at)
+        .map(|(_, t)| *t)
+        .max()
+        .expect("acks before");
+    let first_after = acked
+        .iter()
+        .filter(|(_, t)| *t > killed_at)
+        .map(|(_, t)| *t)
+        .min()
+        .expect("acks after");
     println!(
         "failover: last ack before kill -> first ack after: {:.0} ms (kill -> first ack {:.0} ms); {} acked",
         (first_after - last_before).as_secs_f64() * 1000.0,
@@ -107,39 +130,72 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         *seen.entry(m.message_id.clone()).or_insert(0) += 1;
     }
     for (id, _) in &acked {
-        assert_eq!(seen.get(id), Some(&1), "acknowledged {id} must be stored exactly once");
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "acknowledged {id} must be stored exactly once"
+        );
     }
     assert!(seen.values().all(|n| *n == 1), "a message was stored twice");
 
     // The old leader comes back as a follower and converges to identical bytes.
     c.spawn(old_leader);
-    let target = c.status(new_leader).await.expect("status").last_log_index.expect("index");
-    c.wait_applied(old_leader, target, Duration::from_secs(60)).await;
+    let target = c
+        .status(new_leader)
+        .await
+        .expect("status")
+        .last_log_index
+        .expect("index");
+    c.wait_applied(old_leader, target, Duration::from_secs(60))
+        .await;
     let s = c.status(old_leader).await.expect("status");
     assert_eq!(s.role, "follower");
-    let back: BTreeSet<String> = c.read_all(old_leader, "pay", 2).await.into_iter().map(|(_, m)| m.message_id).collect();
-    assert!(acked.iter().all(|(id, _)| back.contains(id)), "rejoined node misses acknowledged writes");
-    let committed = c.status(new_leader).await.expect("status").committed.expect("committed");
+    let back: BTreeSet<String> = c
+        .read_all(old_leader, "pay", 2)
+        .await
+        .into_iter()
+        .map(|(_, m)| m.message_id)
+        .collect();
+    assert!(
+        acked.iter().all(|(id, _)| back.contains(id)),
+        "rejoined node misses acknowledged writes"
+    );
+    let committed = c
+        .status(new_leader)
+        .await
+        .expect("status")
+        .committed
+        .expect("committed");
     for id in 1..=3 {
         c.stop(id);
     }
     let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
-    for (index, rec) in logs[(new_leader - 1) as usize].iter().filter(|(i, _)| **i <= committed) {
+    for (index, rec) in logs[(new_leader - 1) as usize]
+        .iter()
+        .filter(|(i, _)| **i <= committed)
+    {
         for (k, other) in logs.iter().enumerate() {
-            assert_eq!(other.get(index), Some(rec), "index {index} differs on node {}", k + 1);
+            assert_eq!(
+                other.get(index),
+                Some(rec),
+                "index {index} differs on node {}",
+                k + 1
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_all_nodes_at_once_loses_nothing() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     let mut c = Cluster::start(3, Opts::default());
     let (leader, _) = c.wait_leader(Duration::from_secs(20)).await;
     c.create_topic(leader, "logs", 3, "normal").await;
     let mut acked = BTreeSet::new();
     for b in 0..40 {
-        let msgs: Vec<_> = (0..25).map(|k| message("logs", &format!("r{b:03}-{k:02}"), vec![b as u8; 300])).collect();
+        let msgs: Vec<_> = (0..25)
+            .map(|k| message("logs", &format!("r{b:03}-{k:02}"), vec![b as u8; 300]))
+            .collect();
         let r = common::produce(&c, leader, msgs, Duration::from_secs(20)).await;
         acked.extend(r.results.into_iter().map(|x| x.message_id));
     }
@@ -152,13 +208,31 @@ async fn restarting_all_nodes_at_once_loses_nothing() {
     }
     let (leader, _) = c.wait_leader(Duration::from_secs(30)).await;
     // Writes work again, and everything acknowledged before is there on every node.
-    let r = common::produce(&c, leader, vec![message("logs", "after-restart", b"x".to_vec())], Duration::from_secs(20)).await;
+    let r = common::produce(
+        &c,
+        leader,
+        vec![message("logs", "after-restart", b"x".to_vec())],
+        Duration::from_secs(20),
+    )
+    .await;
     acked.insert("after-restart".into());
     for id in 1..=3 {
-        c.wait_applied(id, r.raft_index, Duration::from_secs(30)).await;
-        let got: BTreeSet<String> = c.read_all(id, "logs", 3).await.into_iter().map(|(_, m)| m.message_id).collect();
+        c.wait_applied(id, r.raft_index, Duration::from_secs(30))
+            .await;
+        let got: BTreeSet<String> = c
+            .read_all(id, "logs", 3)
+            .await
+            .into_iter()
+            .map(|(_, m)| m.message_id)
+            .collect();
         assert_eq!(got, acked, "node {id} after restarting all nodes");
     }
-    let topics = c.client(leader).await.list_topics(pb::ListTopicsRequest {}).await.expect("topics").into_inner();
+    let topics = c
+        .client(leader)
+        .await
+        .list_topics(pb::ListTopicsRequest {})
+        .await
+        .expect("topics")
+        .into_inner();
     assert_eq!(topics.topics.len(), 1, "topic config survives the restart");
 }

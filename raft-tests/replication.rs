@@ -15,9 +15,15 @@ const QUEUES: u32 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_thousand_messages_identical_on_all_replicas() {
-    let _g = common::serial();
+    let _g = common::serial().await;
     // Small segments so the log spans many segment files and the padding rule is exercised.
-    let mut c = Cluster::start(3, Opts { segment_size: "256K", extra: vec![] });
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            segment_size: "256K",
+            extra: vec![],
+        },
+    );
     let (leader, _) = c.wait_leader(Duration::from_secs(20)).await;
     c.create_topic(leader, "orders", QUEUES, "normal").await;
 
@@ -35,7 +41,11 @@ async fn twenty_thousand_messages_identical_on_all_replicas() {
                 .map(|k| {
                     let n = b * PER_BATCH + k;
                     // Varied sizes: records land at irregular offsets.
-                    message("orders", &format!("m{n:06}"), vec![(n % 251) as u8; 100 + (n * 7) % 900])
+                    message(
+                        "orders",
+                        &format!("m{n:06}"),
+                        vec![(n % 251) as u8; 100 + (n * 7) % 900],
+                    )
                 })
                 .collect();
             let ids: Vec<String> = msgs.iter().map(|m| m.message_id.clone()).collect();
@@ -64,16 +74,27 @@ async fn twenty_thousand_messages_identical_on_all_replicas() {
     assert_eq!(sent.len(), TOTAL);
 
     for id in 1..=3 {
-        c.wait_applied(id, last_index, Duration::from_secs(60)).await;
+        c.wait_applied(id, last_index, Duration::from_secs(60))
+            .await;
     }
     // Every node serves every message from its own ConsumeQueues, offsets dense per queue.
     for id in 1..=3 {
         let all = c.read_all(id, "orders", QUEUES).await;
         let ids: BTreeSet<String> = all.iter().map(|(_, m)| m.message_id.clone()).collect();
-        assert_eq!(ids, sent, "node {id} does not hold exactly the sent messages");
+        assert_eq!(
+            ids, sent,
+            "node {id} does not hold exactly the sent messages"
+        );
         for q in 0..QUEUES {
-            let offs: Vec<u64> = all.iter().filter(|(qq, _)| *qq == q).map(|(_, m)| m.offset).collect();
-            assert!(offs.iter().enumerate().all(|(i, o)| *o == i as u64), "node {id} queue {q} offsets not dense");
+            let offs: Vec<u64> = all
+                .iter()
+                .filter(|(qq, _)| *qq == q)
+                .map(|(_, m)| m.offset)
+                .collect();
+            assert!(
+                offs.iter().enumerate().all(|(i, o)| *o == i as u64),
+                "node {id} queue {q} offsets not dense"
+            );
         }
     }
     let status = c.status(leader).await.expect("status");
@@ -89,19 +110,32 @@ async fn twenty_thousand_messages_identical_on_all_replicas() {
             continue;
         }
         for (k, other) in logs.iter().enumerate().skip(1) {
-            assert_eq!(other.get(index), Some(rec), "index {index} differs on node {}", k + 1);
+            assert_eq!(
+                other.get(index),
+                Some(rec),
+                "index {index} differs on node {}",
+                k + 1
+            );
         }
         compared += 1;
     }
-    assert!(compared as u64 >= TOTAL as u64 / PER_BATCH as u64, "only {compared} indexes compared");
-    let segments = std::fs::read_dir(c.dir(1).join("commitlog")).expect("dir").count();
+    assert!(
+        compared as u64 >= TOTAL as u64 / PER_BATCH as u64,
+        "only {compared} indexes compared"
+    );
+    let segments = std::fs::read_dir(c.dir(1).join("commitlog"))
+        .expect("dir")
+        .count();
     assert!(segments > 10, "expected many segments, got {segments}");
 
     let mut first = None;
     for id in 1..=3 {
         let q = offline::queues(c.dir(id));
         let r = offline::recomputed_queues(c.dir(id), 256 << 10).await;
-        assert_eq!(q, r, "node {id}: ConsumeQueues differ from a recomputation from its CommitLog");
+        assert_eq!(
+            q, r,
+            "node {id}: ConsumeQueues differ from a recomputation from its CommitLog"
+        );
         let units: usize = q.values().map(|(_, u)| u.len()).sum();
         assert_eq!(units, TOTAL, "node {id}");
         match &first {
@@ -109,5 +143,7 @@ async fn twenty_thousand_messages_identical_on_all_replicas() {
             Some(f) => assert_eq!(f, &q, "node {id}: ConsumeQueues differ from node 1"),
         }
     }
-    println!("replicated {TOTAL} messages in {compared} committed entries across {segments} segments");
+    println!(
+        "replicated {TOTAL} messages in {compared} committed entries across {segments} segments"
+    );
 }

@@ -174,7 +174,11 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<u64> {
-        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 
     pub async fn client(&self, id: u64) -> Client {
@@ -189,13 +193,15 @@ impl Cluster {
 
     pub async fn status(&self, id: u64) -> Option<pb::NodeStatus> {
         let mut c = self.client(id).await;
-        c.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
+        c.status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     /// Wait until every running node reports the same leader and term; returns (leader, term).
     pub async fn wait_leader(&self, within: Duration) -> (u64, u64) {
         let deadline = Instant::now() + within;
-        let mut last = Vec::new();
         loop {
             let mut seen = Vec::new();
             for id in self.running() {
@@ -214,11 +220,16 @@ impl Cluster {
                     .iter()
                     .filter(|(_, s)| s.as_ref().is_some_and(|s| s.role == "leader"))
                     .count();
-                assert_eq!(leaders, 1, "exactly one node must call itself leader: {seen:?}");
+                assert_eq!(
+                    leaders, 1,
+                    "exactly one node must call itself leader: {seen:?}"
+                );
                 return (l, t);
             }
-            last = seen;
-            assert!(Instant::now() < deadline, "no agreed leader within {within:?}: {last:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}: {seen:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -232,7 +243,10 @@ impl Cluster {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {id} did not apply {index} within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -258,7 +272,12 @@ impl Cluster {
     }
 
     /// Read every message of `topic` from node `id` (all queues), as (queue, offset, message).
-    pub async fn read_all(&self, id: u64, topic: &str, queues: u32) -> Vec<(u32, pb::QueueMessage)> {
+    pub async fn read_all(
+        &self,
+        id: u64,
+        topic: &str,
+        queues: u32,
+    ) -> Vec<(u32, pb::QueueMessage)> {
         let mut c = self.client(id).await;
         let mut out = Vec::new();
         for q in 0..queues {
@@ -314,17 +333,27 @@ pub fn message(topic: &str, id: &str, body: Vec<u8>) -> pb::ProduceMessage {
 
 /// Tests of one binary share the machine's two cores: run their clusters one at a time so
 /// election timing is not distorted by a neighbour's load.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Produce `msgs` through node `via`, retrying while no leader is known. Returns the reply.
-pub async fn produce(c: &Cluster, via: u64, msgs: Vec<pb::ProduceMessage>, within: Duration) -> pb::ProduceReply {
+pub async fn produce(
+    c: &Cluster,
+    via: u64,
+    msgs: Vec<pb::ProduceMessage>,
+    within: Duration,
+) -> pb::ProduceReply {
     let deadline = Instant::now() + within;
     loop {
         let mut cl = c.client(via).await;
-        match cl.produce(pb::ProduceRequest { messages: msgs.clone() }).await {
+        match cl
+            .produce(pb::ProduceRequest {
+                messages: msgs.clone(),
+            })
+            .await
+        {
             Ok(r) => return r.into_inner(),
             Err(e) => assert!(Instant::now() < deadline, "produce via {via}: {e}"),
         }
@@ -349,7 +378,12 @@ pub mod offline {
     /// (index → (term, node, position, record bytes)) of a node's CommitLog.
     pub fn records(dir: &Path) -> BTreeMap<u64, (u64, u64, u64, Vec<u8>)> {
         let insp = inspect(dir).expect("inspect");
-        assert!(insp.problems.is_empty(), "{}: {:?}", dir.display(), insp.problems);
+        assert!(
+            insp.problems.is_empty(),
+            "{}: {:?}",
+            dir.display(),
+            insp.problems
+        );
         let seg = insp.segment_size;
         let mut out = BTreeMap::new();
         for e in insp.entries {
@@ -358,15 +392,21 @@ pub mod offline {
             let bytes = std::fs::read(&file).expect("segment");
             let off = (e.pos - base) as usize;
             let len = 48 + e.payload_len as usize;
-            out.insert(e.id.index, (e.id.term, e.id.node, e.pos, bytes[off..off + len].to_vec()));
+            out.insert(
+                e.id.index,
+                (e.id.term, e.id.node, e.pos, bytes[off..off + len].to_vec()),
+            );
         }
         out
     }
 
     /// Every queue's units: (topic, queue) → (min offset, units from min).
     pub fn queues(dir: &Path) -> BTreeMap<(String, u32), (u64, Vec<CqUnit>)> {
-        let cq = ConsumeQueueStore::open(dir.join("consumequeue"), DispatchConfig::default().cq_units_per_file)
-            .expect("open consumequeue");
+        let cq = ConsumeQueueStore::open(
+            dir.join("consumequeue"),
+            DispatchConfig::default().cq_units_per_file,
+        )
+        .expect("open consumequeue");
         let mut out = BTreeMap::new();
         for (t, q) in cq.queues() {
             let min = cq.min_offset(&t, q).unwrap_or(0);
@@ -401,7 +441,10 @@ pub mod offline {
 
     /// Recompute a node's ConsumeQueues by applying its own CommitLog to a fresh state
     /// machine (the same apply code the node runs), in a scratch copy.
-    pub async fn recomputed_queues(dir: &Path, segment_size: u64) -> BTreeMap<(String, u32), (u64, Vec<CqUnit>)> {
+    pub async fn recomputed_queues(
+        dir: &Path,
+        segment_size: u64,
+    ) -> BTreeMap<(String, u32), (u64, Vec<CqUnit>)> {
         let scratch = tempfile::tempdir().expect("tempdir");
         copy_dir(&dir.join("commitlog"), &scratch.path().join("commitlog"));
         copy_dir(&dir.join("index"), &scratch.path().join("index"));
@@ -420,7 +463,9 @@ pub mod offline {
             .map(|r| record_to_entry(r).expect("entry"))
             .collect();
         let stream = futures::stream::iter(entries.into_iter().map(|e| Ok((e, None)))).boxed();
-        openraft::storage::RaftStateMachine::apply(&mut sm, stream).await.expect("apply");
+        openraft::storage::RaftStateMachine::apply(&mut sm, stream)
+            .await
+            .expect("apply");
         let h = _h;
         h.checkpoint_now();
         drop(sm);

@@ -304,7 +304,10 @@ impl Node {
                 snapshot_index: None,
             });
         };
-        // The snapshot (state as of the boundary) must exist before openraft may purge.
+        let before = self.log.segment_files()?.len();
+        // The snapshot (state as of the boundary) must exist before openraft may purge. With
+        // `max_in_snapshot_log_to_keep = 0` openraft purges up to it by itself once built; the
+        // explicit purge below covers a snapshot that already existed.
         self.raft
             .trigger()
             .snapshot()
@@ -328,7 +331,6 @@ impl Node {
                 ));
             }
         }
-        let before = self.log.segment_files()?.len();
         self.raft
             .trigger()
             .purge_log(boundary)
@@ -350,7 +352,7 @@ impl Node {
             }
         }
         let after = self.log.segment_files()?.len();
-        self.sm.prune_marks()?;
+        self.sm.after_purge()?;
         Ok(RetentionOutcome {
             segments_deleted: before.saturating_sub(after) as u64,
             snapshot_index: Some(boundary),

@@ -742,8 +742,9 @@ impl SmHandle {
         Ok(st.last_applied.map(|l| l.index))
     }
 
-    /// Forget marks of segments that no longer exist (after a purge).
-    pub fn prune_marks(&self) -> Result<(), StoreError> {
+    /// After retention deleted segments: drop ConsumeQueue units and key-index entries that
+    /// point into them, and the marks of segments that no longer exist.
+    pub fn after_purge(&self) -> Result<(), StoreError> {
         let oldest = self
             .core
             .log
@@ -751,6 +752,14 @@ impl SmHandle {
             .first()
             .map(|(b, _)| *b)
             .unwrap_or(0);
+        {
+            let mut g = self
+                .core
+                .inner
+                .write()
+                .map_err(|_| StoreError::Poisoned("state machine lock poisoned".into()))?;
+            g.dispatcher.delete_below_position(oldest)?;
+        }
         for (base, p) in fsutil::list_numbered(&self.core.dir.join("marks"), ".json")? {
             if base < oldest {
                 std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
@@ -760,8 +769,8 @@ impl SmHandle {
     }
 }
 
-/// Builds the snapshot for the current retention boundary (the newest mark whose segment
-/// has been sealed), or of the applied state when no mark exists yet.
+/// Builds the snapshot at the retention boundary: the mark of the oldest segment that stays
+/// (see the module docs), or the applied state when no segment was ever sealed.
 pub struct SnapshotBuilder {
     core: Arc<SmCore>,
 }
