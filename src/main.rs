@@ -122,6 +122,9 @@ struct BrokerArgs {
     /// How often retention runs, in seconds.
     #[arg(long, env = "RAFTMQ_RETENTION_INTERVAL_SECS", default_value_t = 10)]
     retention_interval_secs: u64,
+    /// Nameservers to register with, `HOST:PORT,HOST:PORT`.
+    #[arg(long, env = "RAFTMQ_NAMESERVERS", value_delimiter = ',')]
+    nameservers: Vec<String>,
 }
 
 /// `64K`, `1M`, `2G`, or plain bytes.
@@ -164,6 +167,7 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
     cfg.retention_time = a.retention_secs.map(std::time::Duration::from_secs);
     cfg.retention_bytes = a.retention_bytes;
     cfg.retention_interval = std::time::Duration::from_secs(a.retention_interval_secs.max(1));
+    cfg.nameservers = a.nameservers.into_iter().filter(|s| !s.trim().is_empty()).collect();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub retention_bytes: Option<u64>,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// Nameserver addresses (`host:port`) this node registers with and heartbeats to.
+    pub nameservers: Vec<String>,
 }
 
 impl NodeConfig {
@@ -73,6 +75,7 @@ impl NodeConfig {
             retention_time: None,
             retention_bytes: None,
             retention_interval: Duration::from_secs(10),
+            nameservers: Vec::new(),
         }
     }
 
