@@ -28,10 +28,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if files.is_empty() {
         return Ok(());
     }
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .bytes(".")
-        .compile_protos(&files, &[PathBuf::from("proto")])?;
+    // protoc's well-known types (google/protobuf/*.proto) ship with the vendored binary; prost maps
+    // them to `prost_types`.
+    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
+    // The RocketMQ client protocol (`proto/apache/...`) is built separately so that only its server
+    // trait gets default methods answering UNIMPLEMENTED (raftmq's own services stay strict).
+    let (rocketmq, own): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.into_iter().partition(|p| p.starts_with("proto/apache"));
+    if !own.is_empty() {
+        tonic_prost_build::configure()
+            .build_server(true)
+            .build_client(true)
+            .bytes(".")
+            .compile_protos(&own, &includes)?;
+    }
+    if !rocketmq.is_empty() {
+        tonic_prost_build::configure()
+            .build_server(true)
+            .build_client(true)
+            .bytes(".")
+            .generate_default_stubs(true)
+            .compile_protos(&rocketmq, &includes)?;
+    }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! Layers point down only: `main` (CLI) → `broker` / `nameserver` / `client` → [`raft`] →
 //! [`storage`]. See `README.md` and `../shared/DESIGN.md` for the produce and consume flows.
 
+pub mod admin_cli;
 pub mod broker;
+pub mod nameserver;
 pub mod proto;
 pub mod raft;
 pub mod storage;

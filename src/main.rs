@@ -19,6 +19,10 @@ struct Cli {
 enum Cmd {
     /// Run one broker node (a member of a Raft broker group).
     Broker(Box<BrokerArgs>),
+    /// Run a nameserver (stateless route registry and RocketMQ access point).
+    Nameserver(raftmq::nameserver::NameserverArgs),
+    /// Administer topics and inspect the cluster (through the nameservers or one node).
+    Admin(Box<raftmq::admin_cli::AdminArgs>),
     /// Offline tools for a node's data directory (run them on a stopped node).
     Store {
         #[command(subcommand)]
@@ -67,6 +71,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Broker(args) => run_broker(*args),
+        Cmd::Nameserver(args) => run_nameserver(args),
+        Cmd::Admin(args) => run_admin(*args),
         Cmd::Store { cmd } => match cmd {
             StoreCmd::Verify { dir, json } => verify(&dir, json),
             StoreCmd::Dump {
@@ -183,6 +189,46 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_nameserver(a: raftmq::nameserver::NameserverArgs) -> anyhow::Result<ExitCode> {
+    use raftmq::nameserver::Nameserver;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = a.config()?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let ns = Nameserver::start(cfg.clone()).await?;
+        tracing::info!(
+            "nameserver serving on {} (node timeout {:?})",
+            ns.local_addr(),
+            cfg.node_timeout
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        ns.shutdown().await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_admin(a: raftmq::admin_cli::AdminArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let out = rt.block_on(raftmq::admin_cli::run(a))?;
+    print!("{}", out.text);
+    Ok(if out.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn wait_for_signal() {

@@ -196,7 +196,7 @@ fn commitlog(a: CommitlogArgs) -> Result<()> {
     }
     let problems: Vec<String> = runs
         .iter()
-        .flat_map(|r| validate(&r.rows, meta.syscall_counting, !a.skip_ceilings))
+        .flat_map(|r| validate(&r.rows, !a.skip_ceilings))
         .collect();
     if !problems.is_empty() {
         for p in &problems {
@@ -339,7 +339,7 @@ fn in_fresh_dir(
 }
 
 /// Check that every figure that should exist is positive and finite.
-fn validate(rows: &[Row], syscall_counting: bool, ratios: bool) -> Vec<String> {
+fn validate(rows: &[Row], ratios: bool) -> Vec<String> {
     let mut bad = Vec::new();
     for r in rows {
         let name = format!("{} batch {:?}", r.label(), r.batch);
@@ -359,7 +359,8 @@ fn validate(rows: &[Row], syscall_counting: bool, ratios: bool) -> Vec<String> {
             check("durable latency max", r.durable_lat.map(|l| l.max_us));
         }
         let is_sync_cl = r.kind == Kind::Commitlog && r.mode.as_deref() == Some("sync");
-        if syscall_counting && (is_sync_cl || r.kind != Kind::Commitlog) {
+        // Sync counts are n/a without tracefs; when they exist they must not be zero.
+        if r.syncs.is_some() && (is_sync_cl || r.kind != Kind::Commitlog) {
             check("syncs", r.syncs.map(|s| s as f64));
         }
         if is_sync_cl && ratios {
@@ -481,5 +482,69 @@ fn git_rev() -> String {
             }
             _ => rev,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: Kind, mode: Option<&str>, rate: f64) -> Row {
+        let lat = report::Lat {
+            count: 1,
+            p50_us: 1.0,
+            p99_us: 1.0,
+            p999_us: 1.0,
+            max_us: 1.0,
+            mean_us: 1.0,
+        };
+        Row {
+            kind,
+            mode: mode.map(str::to_string),
+            batch: Some(16),
+            chunk_bytes: 16 * 1072,
+            entries: 16,
+            payload_bytes: 16 * 1024,
+            disk_bytes: 16 * 1072,
+            secs: 1.0,
+            stopped_by_time_limit: false,
+            payload_mib_s: rate,
+            disk_mib_s: rate,
+            entries_s: rate,
+            append_lat: Some(lat),
+            durable_lat: Some(lat),
+            syncs: Some(1),
+            page_faults: None,
+            cpu_own_cores: None,
+            cpu_machine_cores: None,
+            device_mib_written: None,
+            device_flushes: None,
+            final_sync_ms: None,
+            ratio_vs_serial: Some(1.0),
+            ratio_vs_bulk: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn validate_flags_zero_nan_and_missing_figures() {
+        assert!(validate(&[row(Kind::Commitlog, Some("sync"), 5.0)], true).is_empty());
+        assert!(!validate(&[row(Kind::Commitlog, Some("sync"), 0.0)], true).is_empty());
+        assert!(!validate(&[row(Kind::CeilingSerial, None, f64::NAN)], true).is_empty());
+        let mut r = row(Kind::Commitlog, Some("sync"), 5.0);
+        r.ratio_vs_bulk = None;
+        assert!(!validate(std::slice::from_ref(&r), true).is_empty());
+        assert!(validate(&[r], false).is_empty());
+        let mut r = row(Kind::Commitlog, Some("sync"), 5.0);
+        r.syncs = Some(0);
+        assert!(!validate(std::slice::from_ref(&r), true).is_empty());
+        r.syncs = None; // not countable here: not an error
+        assert!(validate(&[r], true).is_empty());
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
 }

@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod error;
+pub mod messaging;
 pub mod node;
 pub mod ops;
+pub mod register;
 
 pub use error::BrokerError;
 pub use node::{Node, NodeConfig};

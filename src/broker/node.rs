@@ -216,11 +216,13 @@ impl Node {
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
             let admin = super::admin::AdminService::new(weak.clone()).into_server();
             let raft_svc = RaftGrpcService::new(raft.clone()).into_server();
+            let messaging = super::messaging::MessagingSvc::new(weak.clone()).into_server();
             let incoming = tokio_stream_listener(listener);
             let server = tokio::spawn(async move {
                 let res = configure_server(tonic::transport::Server::builder())
                     .add_service(raft_svc)
                     .add_service(admin)
+                    .add_service(messaging)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = rx.wait_for(|s| *s).await;
                     })
@@ -245,6 +247,12 @@ impl Node {
         let retention = tokio::spawn(async move { n.retention_loop().await });
         if let Ok(mut t) = node.tasks.lock() {
             t.push(retention);
+        }
+        if !node.config.nameservers.is_empty() {
+            let registration = super::register::spawn(Arc::clone(&node));
+            if let Ok(mut t) = node.tasks.lock() {
+                t.push(registration);
+            }
         }
         Ok(node)
     }
@@ -372,6 +380,21 @@ impl Node {
             .get_node(&id)
             .map(|n| n.addr.clone())?;
         Some((id, addr))
+    }
+
+    /// Turns `true` when the node shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Addresses of every member of the group (voters and learners), from the membership.
+    pub fn member_addresses(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.addr.clone())
+            .collect()
     }
 
     /// Stop serving and shut Raft down.

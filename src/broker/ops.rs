@@ -56,8 +56,10 @@ enum Fwd {
 }
 
 /// Where a write must go.
-enum Route {
+pub(crate) enum Route {
+    /// This node leads.
     Local,
+    /// Another node leads: (id, address).
     Leader(NodeId, String),
 }
 
@@ -84,7 +86,7 @@ fn fwd_err(leader: NodeId, addr: &str, s: tonic::Status) -> BrokerError {
 }
 
 impl Node {
-    fn route(&self) -> Result<Route, BrokerError> {
+    pub(crate) fn route(&self) -> Result<Route, BrokerError> {
         let m = self.raft.metrics().borrow_watched().clone();
         match m.current_leader {
             Some(id) if id == self.config.node_id => Ok(Route::Local),
@@ -134,6 +136,15 @@ impl Node {
             data: Bytes::from(bytes),
         })
         .await
+    }
+
+    /// Propose an internal command on this node, which must lead (callers forward whole
+    /// requests to the leader first).
+    pub(crate) async fn propose(&self, cmd: InternalCommand) -> Result<CommandResponse, BrokerError> {
+        match self.write_internal(cmd).await? {
+            Ok(r) => Ok(r),
+            Err(_) => Err(BrokerError::NoLeader(self.config.group.clone())),
+        }
     }
 
     /// This node's status.
@@ -233,7 +244,7 @@ impl Node {
             } else {
                 m.message_id.clone()
             };
-            if let Some(place) = self.sm.find_duplicate(&message_id) {
+            if let Some(place) = self.sm.find_duplicate(&m.topic, &message_id) {
                 dups.insert(
                     i,
                     pb::ProduceResult {

@@ -5,6 +5,7 @@
 //! openraft types lives in this module and the rest of the crate talks to our own types.
 
 pub mod grpc;
+pub mod consume;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

@@ -47,6 +47,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
+use super::consume::{ConsumeState, GroupConfig, HandleOutcome, Pop};
 use super::types::{
     CommandResponse, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -204,6 +205,48 @@ pub enum InternalCommand {
         /// Topic name.
         name: String,
     },
+    /// Create or update a consumer group's configuration.
+    UpsertGroup {
+        /// The configuration.
+        group: GroupConfig,
+    },
+    /// Delete a consumer group (its configuration and delivery state).
+    DeleteGroup {
+        /// Group name.
+        name: String,
+    },
+    /// A delivery decided by the leader (see `consume`).
+    Pop(Pop),
+    /// Ack one delivery.
+    Ack {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue: u32,
+        /// Queue offset.
+        offset: u64,
+        /// Delivery sequence from the receipt handle.
+        seq: u64,
+    },
+    /// Change the invisible time of one delivery; it gets a new sequence (new handle).
+    ChangeInvisible {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue: u32,
+        /// Queue offset.
+        offset: u64,
+        /// Delivery sequence from the receipt handle.
+        seq: u64,
+        /// New deadline (ms since the epoch).
+        until_ms: i64,
+        /// New delivery sequence.
+        new_seq: u64,
+    },
     /// Set a consumer group's committed offset for one queue.
     CommitOffset {
         /// Consumer group.
@@ -228,6 +271,13 @@ pub struct Place {
     pub offset: u64,
     /// The message id had been stored before; this is the original's place.
     pub duplicate: bool,
+}
+
+fn outcome(o: HandleOutcome) -> Bytes {
+    match o {
+        HandleOutcome::Ok => Bytes::from_static(b"ok"),
+        HandleOutcome::Stale => Bytes::from_static(b"stale"),
+    }
 }
 
 /// Encode the per-message results of a batch: `u32 count`, then per message `u16 topic
@@ -269,6 +319,10 @@ pub fn decode_batch_result(b: &[u8]) -> Result<Vec<Place>, String> {
         });
     }
     Ok(out)
+}
+
+fn dedupe_key(topic: &str, id: &str) -> String {
+    format!("{topic}\u{0}{id}")
 }
 
 /// Recently stored message ids → their place, bounded, oldest evicted first.
@@ -325,8 +379,10 @@ pub struct AppliedState {
     pub offsets: BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>,
     /// Next queue offset per topic and queue (what dispatch assigns next).
     pub next_offsets: BTreeMap<String, BTreeMap<u32, u64>>,
-    /// Recent message ids.
+    /// Recent message ids (keyed by topic and id).
     dedupe: DedupeWindow,
+    /// Consumer groups and their delivery state.
+    pub consume: ConsumeState,
     /// Dispatch position matching `last_applied`: (index, end position of that record).
     pub dispatched: Option<(u64, u64)>,
     /// Base of the CommitLog segment holding the last applied entry.
@@ -358,6 +414,8 @@ struct SmCore {
     current_snapshot: Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
     /// Segment base whose mark the next snapshot is built from (set by retention).
     snapshot_target: Mutex<Option<u64>>,
+    /// Last applied index, for long-polling readers.
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// openraft's side of the state machine.
@@ -410,6 +468,7 @@ impl StateMachine {
             }),
             current_snapshot: Mutex::new(snapshot),
             snapshot_target: Mutex::new(None),
+            applied_tx: tokio::sync::watch::channel(0).0,
         });
         Ok((
             StateMachine {
@@ -516,7 +575,7 @@ impl SmCore {
         let mut places: Vec<Option<Place>> = Vec::with_capacity(views.len());
         let mut keep = Vec::with_capacity(views.len());
         for v in &views {
-            match inner.state.dedupe.get(&v.message_id) {
+            match inner.state.dedupe.get(&dedupe_key(&v.topic, &v.message_id)) {
                 Some(p) => {
                     let mut p = p.clone();
                     p.duplicate = true;
@@ -592,10 +651,51 @@ impl SmCore {
                     for g in inner.state.offsets.values_mut() {
                         g.remove(&name);
                     }
+                    inner.state.consume.remove_topic(&name);
                     Bytes::from(format!("deleted {name}"))
                 }
                 None => Bytes::from(format!("no such topic {name}")),
             },
+            InternalCommand::UpsertGroup { group } => {
+                let name = group.name.clone();
+                inner.state.consume.groups.insert(name.clone(), group);
+                Bytes::from(format!("group {name} configured"))
+            }
+            InternalCommand::DeleteGroup { name } => {
+                let existed = inner.state.consume.groups.remove(&name).is_some();
+                let had_state = inner.state.consume.queues.remove(&name).is_some();
+                inner.state.offsets.remove(&name);
+                Bytes::from(if existed || had_state {
+                    format!("deleted group {name}")
+                } else {
+                    format!("no such group {name}")
+                })
+            }
+            InternalCommand::Pop(p) => {
+                inner.state.consume.apply_pop(&p);
+                Bytes::from_static(b"ok")
+            }
+            InternalCommand::Ack {
+                group,
+                topic,
+                queue,
+                offset,
+                seq,
+            } => outcome(inner.state.consume.apply_ack(&group, &topic, queue, offset, seq)),
+            InternalCommand::ChangeInvisible {
+                group,
+                topic,
+                queue,
+                offset,
+                seq,
+                until_ms,
+                new_seq,
+            } => outcome(
+                inner
+                    .state
+                    .consume
+                    .apply_change_invisible(&group, &topic, queue, offset, seq, until_ms, new_seq),
+            ),
             InternalCommand::CommitOffset {
                 group,
                 topic,
@@ -633,9 +733,57 @@ impl SmHandle {
             .unwrap_or_default()
     }
 
-    /// The place of a recently stored message id.
-    pub fn find_duplicate(&self, id: &str) -> Option<Place> {
-        self.read()?.state.dedupe.get(id).cloned()
+    /// The place of a message id recently stored in `topic`.
+    pub fn find_duplicate(&self, topic: &str, id: &str) -> Option<Place> {
+        self.read()?.state.dedupe.get(&dedupe_key(topic, id)).cloned()
+    }
+
+    /// Changes whenever an entry is applied (long polling waits on it).
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.core.applied_tx.subscribe()
+    }
+
+    /// A consumer group's configuration (defaults if never configured).
+    pub fn group_config(&self, name: &str) -> GroupConfig {
+        self.read()
+            .map(|g| g.state.consume.group(name))
+            .unwrap_or_else(|| GroupConfig::default_for(name))
+    }
+
+    /// Whether a group was configured explicitly.
+    pub fn group_exists(&self, name: &str) -> bool {
+        self.read().is_some_and(|g| g.state.consume.groups.contains_key(name))
+    }
+
+    /// All configured groups.
+    pub fn groups(&self) -> Vec<GroupConfig> {
+        self.read()
+            .map(|g| g.state.consume.groups.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Delivery state of one queue for a group.
+    pub fn queue_state(&self, group: &str, topic: &str, queue: u32) -> crate::raft::consume::QueueState {
+        self.read()
+            .and_then(|g| g.state.consume.queue(group, topic, queue).cloned())
+            .unwrap_or_default()
+    }
+
+    /// ConsumeQueue units of one queue from `from` (at most `max`), with min and max offsets.
+    pub fn units(&self, topic: &str, queue: u32, from: u64, max: usize) -> (Vec<crate::storage::consumequeue::CqUnit>, u64, u64) {
+        let Some(g) = self.read() else {
+            return (Vec::new(), 0, 0);
+        };
+        let cq = g.dispatcher.consume_queue();
+        let min = cq.min_offset(topic, queue).unwrap_or(0);
+        let max_off = cq.max_offset(topic, queue).unwrap_or(0);
+        (cq.range(topic, queue, from.max(min), max), min, max_off)
+    }
+
+    /// The message a ConsumeQueue unit points at.
+    pub fn message_at(&self, pos: u64, size: u32) -> Result<MessageView, StoreError> {
+        let bytes = self.core.log.read_bytes(pos, size as usize)?;
+        message::decode_one(&bytes).map_err(|e| StoreError::corrupt("commitlog", pos, format!("message: {e}")))
     }
 
     /// A consumer group's committed offset.
@@ -838,6 +986,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.core.checkpoint(&mut g)?;
             }
             drop(g);
+            self.core.applied_tx.send_replace(log_id.index);
             if let Some(r) = responder {
                 r.send(CommandResponse {
                     index: log_id.index,

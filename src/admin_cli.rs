@@ -1,0 +1,1171 @@
+//! `raftmq admin`: topics and cluster state, through the nameservers or one broker node.
+//!
+//! ```text
+//! raftmq admin --nameservers HOST:PORT[,HOST:PORT] [--json] COMMAND
+//! raftmq admin --broker HOST:PORT [--json] COMMAND
+//!
+//!   topic create NAME --queues N [--message-type normal|fifo|delay|transaction] [--perm rw|r|w]
+//!   topic update NAME --queues N [--message-type ...] [--perm ...]
+//!   topic list
+//!   topic route NAME
+//!   topic delete NAME
+//!   cluster
+//! ```
+//!
+//! With `--nameservers` the groups come from every reachable nameserver (merged: per node the
+//! freshest report). `topic create`/`update` write the topic to **every** group (N queues per
+//! group, RocketMQ's per-broker convention) through `raftmq.admin.Admin/UpsertTopic`, sent to
+//! the group's leader first and to its other members if that fails (a follower forwards to the
+//! leader); `topic delete` deletes it from every group that has it. Both then wait (up to
+//! `--timeout-ms`) until the nameservers' routes show the change, unless `--no-wait`. With
+//! `--broker` the commands act on that node's group only. `cluster` shows the nameservers'
+//! view of every node, refreshed by a live `Admin/Status` call to each node that answers.
+//!
+//! The exit status is non-zero if any group failed. Output is a table, or with `--json` one
+//! JSON document whose field names are stable:
+//!
+//! * `topic create` / `topic update` / `topic delete`:
+//!   `{"topic", "queues", "perm", "message_type", "ok", "routed",
+//!     "groups": [{"group", "ok", "via", "raft_index", "error"}]}` (`queues`, `perm` and
+//!   `message_type` are absent for delete; a delete's group entry also has `"deleted"`, false
+//!   when the group did not have the topic; `routed` = the nameservers show the change, null
+//!   with `--no-wait`);
+//! * `topic list`: `{"topics": [{"name", "queues" (total), "perm", "message_type",
+//!   "groups": [{"group", "queues", "perm", "message_type"}]}]}`;
+//! * `topic route`: `{"topic", "groups": [{"group", "queues", "perm", "message_type",
+//!   "leader_id", "leader_addr", "term", "members"}]}`;
+//! * `cluster`: `{"groups": [{"group", "term", "leader_id", "leader_addr",
+//!   "nodes": [{"node_id", "addr", "role", "term", "leader_id", "committed", "applied",
+//!   "last_log_index", "lag", "version", "age_ms", "reachable"}]}]}` where
+//!   `lag` = the leader's last log index − the node's applied index (null if unknown),
+//!   `age_ms` = age of the nameserver's report (null with `--broker`), `reachable` = the node
+//!   answered `Admin/Status` now (then the Raft fields are its live answer).
+//!
+//! Perm values are `rw`, `r`, `w`; message types `normal`, `fifo`, `delay`, `transaction`;
+//! roles `leader`, `follower`, `candidate`, `learner`, `shutdown`. Missing numbers are null.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::proto::raftmq::admin as apb;
+use crate::proto::raftmq::admin::admin_client::AdminClient;
+use crate::proto::raftmq::nameserver as npb;
+use crate::proto::raftmq::nameserver::nameserver_client::NameserverClient;
+use crate::raft::state_machine::{Perm, TopicMessageType};
+
+/// Everything `raftmq admin` can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// Bad flags.
+    #[error("{0}")]
+    Usage(String),
+    /// No nameserver answered.
+    #[error("no nameserver answered: {0}")]
+    NoNameserver(String),
+    /// The nameservers know no broker group.
+    #[error("no broker group is registered with the nameservers")]
+    NoGroups,
+    /// The topic exists nowhere.
+    #[error("topic `{0}` does not exist")]
+    TopicNotFound(String),
+    /// A node refused or failed a request.
+    #[error("{addr}: {message}")]
+    Rpc {
+        /// The node or nameserver asked.
+        addr: String,
+        /// What it said.
+        message: String,
+    },
+    /// Encoding the output failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Flags of `raftmq admin`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Nameservers, `HOST:PORT[,HOST:PORT]`.
+    #[arg(long, env = "RAFTMQ_NAMESERVERS", value_delimiter = ',')]
+    pub nameservers: Vec<String>,
+    /// Talk to this one broker node (`HOST:PORT`) instead of the nameservers: commands then
+    /// act on its group only.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Print one JSON document (stable field names, see `raftmq::admin_cli`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Deadline of the whole command, in milliseconds (retries included).
+    #[arg(long, global = true, default_value_t = 15_000)]
+    pub timeout_ms: u64,
+    /// Return after the writes, without waiting for the nameservers to show the change.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: AdminCmd,
+}
+
+/// `raftmq admin` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AdminCmd {
+    /// Create, update, list, route and delete topics.
+    Topic {
+        /// The topic command.
+        #[command(subcommand)]
+        cmd: TopicCmd,
+    },
+    /// Every group's nodes: role, term, leader, commit/applied index, lag, version.
+    Cluster,
+}
+
+/// `raftmq admin topic` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TopicCmd {
+    /// Create a topic on every group (N queues per group).
+    Create(TopicSpec),
+    /// Change a topic on every group (creates it where missing).
+    Update(TopicSpec),
+    /// Every topic with its queues per group.
+    List,
+    /// A topic's route: per group, queues, leader and members.
+    Route {
+        /// Topic name.
+        name: String,
+    },
+    /// Delete a topic from every group that has it.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// A topic's settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Queues per group.
+    #[arg(long)]
+    pub queues: u32,
+    /// `normal`, `fifo`, `delay` or `transaction`.
+    #[arg(long, default_value = "normal", value_parser = parse_type)]
+    pub message_type: String,
+    /// `rw`, `r` or `w`.
+    #[arg(long, default_value = "rw", value_parser = parse_perm)]
+    pub perm: String,
+}
+
+fn parse_type(s: &str) -> Result<String, String> {
+    s.parse::<TopicMessageType>().map(|t| t.to_string())
+}
+
+fn parse_perm(s: &str) -> Result<String, String> {
+    s.parse::<Perm>().map(|p| p.to_string())
+}
+
+/// What a command printed and whether it fully succeeded.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The table or JSON document (ends with a newline).
+    pub text: String,
+    /// False if some group failed: exit non-zero.
+    pub ok: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON shapes (field names are part of the interface; see the module docs).
+
+/// One group's outcome of a topic write.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupWrite {
+    /// Group name.
+    pub group: String,
+    /// The write succeeded (or, for delete, the group did not have the topic).
+    pub ok: bool,
+    /// Delete only: the group had the topic and deleted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// The node that took the request.
+    pub via: Option<String>,
+    /// Raft index of the write.
+    pub raft_index: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Result of `topic create|update|delete`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicWrite {
+    /// Topic name.
+    pub topic: String,
+    /// Queues per group (create/update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u32>,
+    /// Permission (create/update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perm: Option<String>,
+    /// Message type (create/update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_type: Option<String>,
+    /// Every group succeeded.
+    pub ok: bool,
+    /// The nameservers (or the node, with `--broker`) show the change; null with `--no-wait`.
+    pub routed: Option<bool>,
+    /// Per group.
+    pub groups: Vec<GroupWrite>,
+}
+
+/// A topic in one group.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TopicInGroup {
+    /// Group name.
+    pub group: String,
+    /// Queues in this group.
+    pub queues: u32,
+    /// Permission.
+    pub perm: String,
+    /// Message type.
+    pub message_type: String,
+}
+
+/// One line of `topic list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicSummary {
+    /// Topic name.
+    pub name: String,
+    /// Queues over all groups.
+    pub queues: u32,
+    /// Permission (of the first group).
+    pub perm: String,
+    /// Message type (of the first group).
+    pub message_type: String,
+    /// Per group.
+    pub groups: Vec<TopicInGroup>,
+}
+
+/// `topic list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicList {
+    /// By name.
+    pub topics: Vec<TopicSummary>,
+}
+
+/// One group's part of a route.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteGroup {
+    /// Group name.
+    pub group: String,
+    /// Queues in this group.
+    pub queues: u32,
+    /// Permission.
+    pub perm: String,
+    /// Message type.
+    pub message_type: String,
+    /// Current leader.
+    pub leader_id: Option<u64>,
+    /// Its address.
+    pub leader_addr: String,
+    /// Highest term seen.
+    pub term: u64,
+    /// Live members, leader first.
+    pub members: Vec<String>,
+}
+
+/// `topic route`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicRouteOut {
+    /// Topic name.
+    pub topic: String,
+    /// Per group.
+    pub groups: Vec<RouteGroup>,
+}
+
+/// One node in `cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterNode {
+    /// Node id.
+    pub node_id: u64,
+    /// Advertised address.
+    pub addr: String,
+    /// Raft role.
+    pub role: String,
+    /// Raft term.
+    pub term: u64,
+    /// The leader it knows.
+    pub leader_id: Option<u64>,
+    /// Committed index.
+    pub committed: Option<u64>,
+    /// Applied index.
+    pub applied: Option<u64>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Leader's last log index − this node's applied index.
+    pub lag: Option<u64>,
+    /// raftmq version.
+    pub version: String,
+    /// Age of the nameserver's report.
+    pub age_ms: Option<u64>,
+    /// It answered `Admin/Status` now.
+    pub reachable: bool,
+}
+
+/// One group in `cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterGroup {
+    /// Group name.
+    pub group: String,
+    /// Highest term.
+    pub term: u64,
+    /// Current leader.
+    pub leader_id: Option<u64>,
+    /// Its address.
+    pub leader_addr: String,
+    /// By node id.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// `cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterOut {
+    /// By group name.
+    pub groups: Vec<ClusterGroup>,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn uri(addr: &str) -> String {
+    crate::raft::network::peer_uri(addr)
+}
+
+fn admin_client(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, AdminError> {
+    let ep = tonic::transport::Endpoint::from_shared(uri(addr))
+        .map_err(|e| AdminError::Usage(format!("bad address `{addr}`: {e}")))?
+        .connect_timeout(Duration::from_secs(2).min(timeout))
+        .timeout(timeout);
+    Ok(AdminClient::new(ep.connect_lazy()))
+}
+
+fn nameserver_client(
+    addr: &str,
+    timeout: Duration,
+) -> Result<NameserverClient<Channel>, AdminError> {
+    let ep = tonic::transport::Endpoint::from_shared(uri(addr))
+        .map_err(|e| AdminError::Usage(format!("bad address `{addr}`: {e}")))?
+        .connect_timeout(Duration::from_secs(2).min(timeout))
+        .timeout(timeout);
+    Ok(NameserverClient::new(ep.connect_lazy()))
+}
+
+fn rpc_err(addr: &str, s: &tonic::Status) -> AdminError {
+    AdminError::Rpc {
+        addr: addr.to_string(),
+        message: format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+/// A group as the admin tool sees it.
+#[derive(Debug, Clone)]
+struct Group {
+    name: String,
+    term: u64,
+    leader_id: Option<u64>,
+    leader_addr: String,
+    /// Node id → (report, age).
+    nodes: BTreeMap<u64, (npb::NodeReport, Option<u64>)>,
+}
+
+impl Group {
+    /// Addresses to send a write to: leader first, then the other members.
+    fn targets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.leader_addr.is_empty() {
+            out.push(self.leader_addr.clone());
+        }
+        for (r, _) in self.nodes.values() {
+            if !out.contains(&r.addr) {
+                out.push(r.addr.clone());
+            }
+        }
+        out
+    }
+}
+
+struct Ctx {
+    args: AdminArgs,
+    deadline: Instant,
+}
+
+impl Ctx {
+    fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100))
+    }
+
+    /// Per-call timeout.
+    fn call_timeout(&self) -> Duration {
+        self.remaining().min(Duration::from_secs(5))
+    }
+
+    fn nameservers(&self) -> Vec<String> {
+        self.args
+            .nameservers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// Ask every nameserver concurrently; the answers of those that answered, or an error
+    /// naming every failure if none did.
+    async fn ask_all<T, F, Fut>(&self, f: F) -> Result<Vec<T>, AdminError>
+    where
+        F: Fn(NameserverClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let list = self.nameservers();
+        if list.is_empty() {
+            return Err(AdminError::Usage(
+                "give --nameservers HOST:PORT[,HOST:PORT] or --broker HOST:PORT".into(),
+            ));
+        }
+        let timeout = self.call_timeout();
+        let calls = list.iter().map(|a| {
+            let client = nameserver_client(a, timeout);
+            let f = &f;
+            async move {
+                let c = client?;
+                f(c).await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| rpc_err(a, &s))
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut ok = Vec::new();
+        let mut errs = Vec::new();
+        for r in results {
+            match r {
+                Ok(v) => ok.push(v),
+                Err(e) => errs.push(e.to_string()),
+            }
+        }
+        if ok.is_empty() {
+            return Err(AdminError::NoNameserver(errs.join("; ")));
+        }
+        Ok(ok)
+    }
+
+    /// Groups known to the nameservers, merged (per node the freshest report).
+    async fn groups(&self) -> Result<Vec<Group>, AdminError> {
+        if let Some(b) = &self.args.broker {
+            return Ok(vec![self.broker_group(b).await?]);
+        }
+        let replies = self
+            .ask_all(|mut c| async move { c.list_groups(npb::ListGroupsRequest {}).await })
+            .await?;
+        let mut out: BTreeMap<String, Group> = BTreeMap::new();
+        for reply in replies {
+            for g in reply.groups {
+                let e = out.entry(g.group.clone()).or_insert_with(|| Group {
+                    name: g.group.clone(),
+                    term: 0,
+                    leader_id: None,
+                    leader_addr: String::new(),
+                    nodes: BTreeMap::new(),
+                });
+                if g.term > e.term || (g.term == e.term && e.leader_id.is_none()) {
+                    e.term = g.term;
+                    if g.leader_id.is_some() {
+                        e.leader_id = g.leader_id;
+                        e.leader_addr = g.leader_addr.clone();
+                    }
+                }
+                for n in g.nodes {
+                    let Some(r) = n.report else { continue };
+                    let fresher = e
+                        .nodes
+                        .get(&r.node_id)
+                        .is_none_or(|(_, age)| age.is_none_or(|a| n.age_ms < a));
+                    if fresher {
+                        e.nodes.insert(r.node_id, (r, Some(n.age_ms)));
+                    }
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn status(&self, addr: &str) -> Result<apb::NodeStatus, AdminError> {
+        let mut c = admin_client(addr, self.call_timeout().min(Duration::from_secs(2)))?;
+        c.status(apb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| rpc_err(addr, &s))
+    }
+
+    /// `--broker`: the node's group as the node itself sees it.
+    async fn broker_group(&self, addr: &str) -> Result<Group, AdminError> {
+        let st = self.status(addr).await?;
+        let mut nodes = BTreeMap::new();
+        nodes.insert(st.node_id, (status_report(&st, addr), None));
+        if let Some(l) = st.leader_id
+            && l != st.node_id
+            && !st.leader_addr.is_empty()
+            && let Ok(ls) = self.status(&st.leader_addr).await
+        {
+            nodes.insert(ls.node_id, (status_report(&ls, &st.leader_addr), None));
+        }
+        Ok(Group {
+            name: st.group.clone(),
+            term: st.term,
+            leader_id: st.leader_id,
+            leader_addr: st.leader_addr.clone(),
+            nodes,
+        })
+    }
+
+    /// Topics per group, from the nameservers' routes or the `--broker` node.
+    async fn topics(&self) -> Result<BTreeMap<String, Vec<RouteGroup>>, AdminError> {
+        let mut out: BTreeMap<String, BTreeMap<String, RouteGroup>> = BTreeMap::new();
+        if let Some(b) = &self.args.broker {
+            let g = self.broker_group(b).await?;
+            let mut c = admin_client(b, self.call_timeout())?;
+            let topics = c
+                .list_topics(apb::ListTopicsRequest {})
+                .await
+                .map_err(|s| rpc_err(b, &s))?
+                .into_inner()
+                .topics;
+            let members = g.targets();
+            for t in topics {
+                out.entry(t.name.clone()).or_default().insert(
+                    g.name.clone(),
+                    RouteGroup {
+                        group: g.name.clone(),
+                        queues: t.queues,
+                        perm: t.perm,
+                        message_type: t.message_type,
+                        leader_id: g.leader_id,
+                        leader_addr: g.leader_addr.clone(),
+                        term: g.term,
+                        members: members.clone(),
+                    },
+                );
+            }
+        } else {
+            let replies = self
+                .ask_all(|mut c| async move {
+                    c.get_routes(npb::GetRoutesRequest { topics: Vec::new() })
+                        .await
+                })
+                .await?;
+            for reply in replies {
+                for r in reply.routes {
+                    let e = out.entry(r.topic.clone()).or_default();
+                    for g in r.groups {
+                        let newer = e.get(&g.group).is_none_or(|old| g.term > old.term);
+                        if newer {
+                            e.insert(
+                                g.group.clone(),
+                                RouteGroup {
+                                    group: g.group,
+                                    queues: g.queues,
+                                    perm: g.perm,
+                                    message_type: g.message_type,
+                                    leader_id: g.leader_id,
+                                    leader_addr: g.leader_addr,
+                                    term: g.term,
+                                    members: g.members,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(t, gs)| (t, gs.into_values().collect()))
+            .collect())
+    }
+
+    /// Send a write to a group: leader first, then the others, retrying while the group
+    /// has no leader, until the deadline.
+    async fn write_group<F, Fut>(&self, g: &Group, f: F) -> GroupWrite
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<apb::AdminReply>, tonic::Status>>,
+    {
+        let targets = g.targets();
+        let mut last = String::from("no member address known");
+        loop {
+            for addr in &targets {
+                let c = match admin_client(addr, self.call_timeout()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+                match f(c).await {
+                    Ok(r) => {
+                        return GroupWrite {
+                            group: g.name.clone(),
+                            ok: true,
+                            deleted: None,
+                            via: Some(addr.clone()),
+                            raft_index: Some(r.into_inner().raft_index),
+                            error: None,
+                        };
+                    }
+                    Err(s) => {
+                        last = rpc_err(addr, &s).to_string();
+                        // The group's own answer (bad request, no such topic): final.
+                        if matches!(
+                            s.code(),
+                            tonic::Code::InvalidArgument
+                                | tonic::Code::NotFound
+                                | tonic::Code::PermissionDenied
+                                | tonic::Code::AlreadyExists
+                        ) {
+                            return GroupWrite {
+                                group: g.name.clone(),
+                                ok: false,
+                                deleted: None,
+                                via: Some(addr.clone()),
+                                raft_index: None,
+                                error: Some(last),
+                            };
+                        }
+                    }
+                }
+            }
+            if Instant::now() + Duration::from_millis(200) >= self.deadline {
+                return GroupWrite {
+                    group: g.name.clone(),
+                    ok: false,
+                    deleted: None,
+                    via: None,
+                    raft_index: None,
+                    error: Some(last),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait until `check` holds on the current topic view; false on deadline.
+    async fn wait_topics<F>(&self, check: F) -> bool
+    where
+        F: Fn(&BTreeMap<String, Vec<RouteGroup>>) -> bool,
+    {
+        loop {
+            if let Ok(t) = self.topics().await
+                && check(&t)
+            {
+                return true;
+            }
+            if Instant::now() + Duration::from_millis(100) >= self.deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn status_report(st: &apb::NodeStatus, addr: &str) -> npb::NodeReport {
+    npb::NodeReport {
+        group: st.group.clone(),
+        node_id: st.node_id,
+        addr: addr.to_string(),
+        role: st.role.clone(),
+        term: st.term,
+        leader_id: st.leader_id,
+        leader_addr: st.leader_addr.clone(),
+        committed: st.committed,
+        applied: st.applied,
+        last_log_index: st.last_log_index,
+        topics: Vec::new(),
+        version: st.version.clone(),
+        voters: st.voters.clone(),
+        learners: st.learners.clone(),
+    }
+}
+
+/// Run one `raftmq admin` command.
+pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
+    if args.broker.is_none() && args.nameservers.iter().all(|s| s.trim().is_empty()) {
+        return Err(AdminError::Usage(
+            "give --nameservers HOST:PORT[,HOST:PORT] or --broker HOST:PORT".into(),
+        ));
+    }
+    let ctx = Ctx {
+        deadline: Instant::now() + Duration::from_millis(args.timeout_ms.max(100)),
+        args,
+    };
+    let json = ctx.args.json;
+    match ctx.args.cmd.clone() {
+        AdminCmd::Topic { cmd } => match cmd {
+            TopicCmd::Create(spec) | TopicCmd::Update(spec) => {
+                let out = upsert(&ctx, &spec).await?;
+                Ok(Output {
+                    ok: out.ok,
+                    text: render(json, &out, write_table)?,
+                })
+            }
+            TopicCmd::Delete { name } => {
+                let out = delete(&ctx, &name).await?;
+                Ok(Output {
+                    ok: out.ok,
+                    text: render(json, &out, write_table)?,
+                })
+            }
+            TopicCmd::List => {
+                let topics = ctx.topics().await?;
+                let out = TopicList {
+                    topics: topics
+                        .into_iter()
+                        .map(|(name, groups)| summary(name, &groups))
+                        .collect(),
+                };
+                Ok(Output {
+                    ok: true,
+                    text: render(json, &out, list_table)?,
+                })
+            }
+            TopicCmd::Route { name } => {
+                let mut topics = ctx.topics().await?;
+                let groups = topics
+                    .remove(&name)
+                    .ok_or_else(|| AdminError::TopicNotFound(name.clone()))?;
+                let out = TopicRouteOut {
+                    topic: name,
+                    groups,
+                };
+                Ok(Output {
+                    ok: true,
+                    text: render(json, &out, route_table)?,
+                })
+            }
+        },
+        AdminCmd::Cluster => {
+            let out = cluster(&ctx).await?;
+            Ok(Output {
+                ok: true,
+                text: render(json, &out, cluster_table)?,
+            })
+        }
+    }
+}
+
+fn render<T: Serialize>(json: bool, v: &T, table: fn(&T) -> String) -> Result<String, AdminError> {
+    if json {
+        Ok(format!("{}\n", serde_json::to_string_pretty(v)?))
+    } else {
+        Ok(table(v))
+    }
+}
+
+fn summary(name: String, groups: &[RouteGroup]) -> TopicSummary {
+    TopicSummary {
+        queues: groups.iter().map(|g| g.queues).sum(),
+        perm: groups.first().map(|g| g.perm.clone()).unwrap_or_default(),
+        message_type: groups
+            .first()
+            .map(|g| g.message_type.clone())
+            .unwrap_or_default(),
+        groups: groups
+            .iter()
+            .map(|g| TopicInGroup {
+                group: g.group.clone(),
+                queues: g.queues,
+                perm: g.perm.clone(),
+                message_type: g.message_type.clone(),
+            })
+            .collect(),
+        name,
+    }
+}
+
+async fn upsert(ctx: &Ctx, spec: &TopicSpec) -> Result<TopicWrite, AdminError> {
+    let groups = ctx.groups().await?;
+    if groups.is_empty() {
+        return Err(AdminError::NoGroups);
+    }
+    let cfg = apb::TopicConfig {
+        name: spec.name.clone(),
+        queues: spec.queues,
+        perm: spec.perm.clone(),
+        message_type: spec.message_type.clone(),
+    };
+    let writes = groups.iter().map(|g| {
+        let cfg = cfg.clone();
+        ctx.write_group(g, move |mut c| {
+            let cfg = cfg.clone();
+            async move { c.upsert_topic(cfg).await }
+        })
+    });
+    let results = futures::future::join_all(writes).await;
+    let ok = results.iter().all(|r| r.ok);
+    let routed = if ctx.args.no_wait || !ok {
+        None
+    } else {
+        let want: Vec<TopicInGroup> = results
+            .iter()
+            .map(|r| TopicInGroup {
+                group: r.group.clone(),
+                queues: spec.queues,
+                perm: spec.perm.clone(),
+                message_type: spec.message_type.clone(),
+            })
+            .collect();
+        Some(
+            ctx.wait_topics(|t| {
+                let Some(gs) = t.get(&spec.name) else {
+                    return false;
+                };
+                want.iter().all(|w| {
+                    gs.iter().any(|g| {
+                        g.group == w.group
+                            && g.queues == w.queues
+                            && g.perm == w.perm
+                            && g.message_type == w.message_type
+                    })
+                })
+            })
+            .await,
+        )
+    };
+    Ok(TopicWrite {
+        topic: spec.name.clone(),
+        queues: Some(spec.queues),
+        perm: Some(spec.perm.clone()),
+        message_type: Some(spec.message_type.clone()),
+        ok,
+        routed,
+        groups: results,
+    })
+}
+
+async fn delete(ctx: &Ctx, name: &str) -> Result<TopicWrite, AdminError> {
+    let groups = ctx.groups().await?;
+    if groups.is_empty() {
+        return Err(AdminError::NoGroups);
+    }
+    let writes = groups.iter().map(|g| {
+        ctx.write_group(g, move |mut c| async move {
+            c.delete_topic(apb::DeleteTopicRequest {
+                name: name.to_string(),
+            })
+            .await
+        })
+    });
+    let mut results = futures::future::join_all(writes).await;
+    for r in &mut results {
+        // A group without the topic answers NOT_FOUND: nothing to delete there.
+        let absent = !r.ok
+            && r
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("NotFound"));
+        if absent {
+            r.ok = true;
+            r.error = None;
+            r.deleted = Some(false);
+        } else {
+            r.deleted = Some(r.ok);
+        }
+    }
+    if results.iter().all(|r| r.deleted == Some(false)) {
+        return Err(AdminError::TopicNotFound(name.to_string()));
+    }
+    let ok = results.iter().all(|r| r.ok);
+    let routed = if ctx.args.no_wait || !ok {
+        None
+    } else {
+        Some(ctx.wait_topics(|t| !t.contains_key(name)).await)
+    };
+    Ok(TopicWrite {
+        topic: name.to_string(),
+        queues: None,
+        perm: None,
+        message_type: None,
+        ok,
+        routed,
+        groups: results,
+    })
+}
+
+async fn cluster(ctx: &Ctx) -> Result<ClusterOut, AdminError> {
+    let groups = ctx.groups().await?;
+    let mut out = Vec::new();
+    for g in groups {
+        let live = futures::future::join_all(
+            g.nodes
+                .values()
+                .map(|(r, _)| async move { ctx.status(&r.addr).await.ok() }),
+        )
+        .await;
+        let mut nodes: Vec<ClusterNode> = g
+            .nodes
+            .values()
+            .zip(live)
+            .map(|((r, age), st)| match st {
+                Some(s) => ClusterNode {
+                    node_id: s.node_id,
+                    addr: r.addr.clone(),
+                    role: s.role,
+                    term: s.term,
+                    leader_id: s.leader_id,
+                    committed: s.committed,
+                    applied: s.applied,
+                    last_log_index: s.last_log_index,
+                    lag: None,
+                    version: s.version,
+                    age_ms: *age,
+                    reachable: true,
+                },
+                None => ClusterNode {
+                    node_id: r.node_id,
+                    addr: r.addr.clone(),
+                    role: r.role.clone(),
+                    term: r.term,
+                    leader_id: r.leader_id,
+                    committed: r.committed,
+                    applied: r.applied,
+                    last_log_index: r.last_log_index,
+                    lag: None,
+                    version: r.version.clone(),
+                    age_ms: *age,
+                    reachable: false,
+                },
+            })
+            .collect();
+        // The group's leader: the live view's self-declared leader at the highest term first.
+        let term = nodes.iter().map(|n| n.term).max().unwrap_or(g.term).max(g.term);
+        let leader_id = nodes
+            .iter()
+            .filter(|n| n.role == "leader" && n.term == term)
+            .map(|n| n.node_id)
+            .next()
+            .or(g.leader_id);
+        let leader_last = nodes
+            .iter()
+            .find(|n| Some(n.node_id) == leader_id)
+            .and_then(|n| n.last_log_index);
+        for n in &mut nodes {
+            n.lag = leader_last.map(|l| l.saturating_sub(n.applied.unwrap_or(0)));
+        }
+        let leader_addr = nodes
+            .iter()
+            .find(|n| Some(n.node_id) == leader_id)
+            .map(|n| n.addr.clone())
+            .unwrap_or(g.leader_addr);
+        out.push(ClusterGroup {
+            group: g.name,
+            term,
+            leader_id,
+            leader_addr,
+            nodes,
+        });
+    }
+    Ok(ClusterOut { groups: out })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables.
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn write_table(w: &TopicWrite) -> String {
+    let rows: Vec<Vec<String>> = w
+        .groups
+        .iter()
+        .map(|g| {
+            let result = match (g.ok, g.deleted) {
+                (true, Some(false)) => "absent".to_string(),
+                (true, _) => "ok".to_string(),
+                (false, _) => format!("FAILED: {}", g.error.clone().unwrap_or_default()),
+            };
+            vec![
+                g.group.clone(),
+                result,
+                g.via.clone().unwrap_or_else(|| "-".into()),
+                opt(g.raft_index),
+            ]
+        })
+        .collect();
+    let mut out = table(&["GROUP", "RESULT", "VIA", "RAFT INDEX"], &rows);
+    let what = match (&w.queues, &w.message_type, &w.perm) {
+        (Some(q), Some(t), Some(p)) => format!("{q} queues per group, {t}, {p}"),
+        _ => "deleted".to_string(),
+    };
+    let routed = match w.routed {
+        Some(true) => "; routes updated",
+        Some(false) => "; routes NOT yet updated",
+        None => "",
+    };
+    out.push_str(&format!(
+        "topic {}: {what}{routed}{}\n",
+        w.topic,
+        if w.ok { "" } else { " (some groups FAILED)" }
+    ));
+    out
+}
+
+fn list_table(l: &TopicList) -> String {
+    let rows: Vec<Vec<String>> = l
+        .topics
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.message_type.clone(),
+                t.perm.clone(),
+                t.queues.to_string(),
+                t.groups
+                    .iter()
+                    .map(|g| format!("{}({})", g.group, g.queues))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(&["TOPIC", "TYPE", "PERM", "QUEUES", "GROUPS"], &rows)
+}
+
+fn route_table(r: &TopicRouteOut) -> String {
+    let rows: Vec<Vec<String>> = r
+        .groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.group.clone(),
+                g.queues.to_string(),
+                g.perm.clone(),
+                g.message_type.clone(),
+                match g.leader_id {
+                    Some(id) => format!("{id}@{}", g.leader_addr),
+                    None => "-".into(),
+                },
+                g.term.to_string(),
+                g.members.join(","),
+            ]
+        })
+        .collect();
+    let mut out = format!("topic {}\n", r.topic);
+    out.push_str(&table(
+        &["GROUP", "QUEUES", "PERM", "TYPE", "LEADER", "TERM", "MEMBERS"],
+        &rows,
+    ));
+    out
+}
+
+fn cluster_table(c: &ClusterOut) -> String {
+    let mut rows = Vec::new();
+    for g in &c.groups {
+        for n in &g.nodes {
+            rows.push(vec![
+                g.group.clone(),
+                n.node_id.to_string(),
+                n.addr.clone(),
+                if n.reachable {
+                    n.role.clone()
+                } else {
+                    format!("{}?", n.role)
+                },
+                n.term.to_string(),
+                opt(n.leader_id),
+                opt(n.committed),
+                opt(n.applied),
+                opt(n.lag),
+                n.version.clone(),
+                n.age_ms.map_or_else(|| "-".into(), |a| format!("{a}ms")),
+            ]);
+        }
+    }
+    let mut out = table(
+        &[
+            "GROUP", "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG",
+            "VERSION", "REPORT AGE",
+        ],
+        &rows,
+    );
+    if c.groups.iter().any(|g| g.nodes.iter().any(|n| !n.reachable)) {
+        out.push_str("(`?`: node did not answer now; values from its last report)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns() {
+        let t = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz\n");
+    }
+
+    #[test]
+    fn group_targets_leader_first() {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=3u64 {
+            nodes.insert(
+                id,
+                (
+                    npb::NodeReport {
+                        node_id: id,
+                        addr: format!("h:{id}"),
+                        ..Default::default()
+                    },
+                    Some(1),
+                ),
+            );
+        }
+        let g = Group {
+            name: "g".into(),
+            term: 1,
+            leader_id: Some(2),
+            leader_addr: "h:2".into(),
+            nodes,
+        };
+        assert_eq!(g.targets(), vec!["h:2", "h:1", "h:3"]);
+    }
+}

@@ -1,0 +1,969 @@
+//! `apache.rocketmq.v2.MessagingService`: what the official RocketMQ 5 clients speak.
+//!
+//! * **Any node answers any RPC.** Routes list every member of the group as the broker's
+//!   endpoints, so a client keeps working when the leader changes. A follower forwards writes
+//!   and consume RPCs (SendMessage, ReceiveMessage, AckMessage, ChangeInvisibleDuration) to
+//!   its leader over the same service and relays the answer; a request that was already
+//!   forwarded once is never forwarded again (`x-raftmq-forwarded`), so two nodes with stale
+//!   views cannot bounce a request between them.
+//! * **Errors** are RocketMQ `Status` codes inside a gRPC-OK response (the clients treat a
+//!   gRPC error as a transport failure).
+//! * **Produce**: validated (topic exists and is writable, type matches, body size), then one
+//!   Raft entry per request (see `ops::produce`); a retried message id is stored once.
+//! * **Consume** (SimpleConsumer "pop"): the leader picks messages for the group — expired
+//!   deliveries first (with `delivery_attempt + 1`), then new ones — writes the delivery as a
+//!   Raft command and answers; acks and invisibility changes are Raft commands too
+//!   (`raft::consume`). A message that reached the group's max attempts is copied to
+//!   `%DLQ%<group>` and acked instead of being delivered again.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::Stream;
+use md5::{Digest as _, Md5};
+use tokio::sync::Mutex as AsyncMutex;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use super::error::BrokerError;
+use super::node::Node;
+use super::ops::Route;
+use crate::proto::apache::rocketmq::v2 as v2;
+use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+use crate::proto::apache::rocketmq::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use crate::proto::raftmq::admin as pb;
+use crate::raft::consume::{self, Pop};
+use crate::raft::state_machine::{InternalCommand, Perm, TopicConfig, TopicMessageType};
+use crate::storage::consumequeue::tag_hash;
+use crate::storage::message::{MessageType, MessageView};
+
+/// Largest message body accepted (advertised to clients in the Settings reply).
+pub const MAX_BODY_SIZE: usize = 4 << 20;
+/// Invisible duration used when a request does not give one.
+const DEFAULT_INVISIBLE: Duration = Duration::from_secs(30);
+/// Upper bound of a receive's long polling.
+const MAX_LONG_POLL: Duration = Duration::from_secs(20);
+/// Header marking a request that a follower forwarded to its leader.
+const FORWARDED: &str = "x-raftmq-forwarded";
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn status(code: v2::Code, message: impl Into<String>) -> v2::Status {
+    v2::Status {
+        code: code as i32,
+        message: message.into(),
+    }
+}
+
+fn ok() -> v2::Status {
+    status(v2::Code::Ok, "OK")
+}
+
+/// The one mapping of broker errors onto RocketMQ status codes.
+pub fn error_status(e: &BrokerError) -> v2::Status {
+    let code = match e {
+        BrokerError::BadRequest(_) | BrokerError::Config(_) => v2::Code::BadRequest,
+        BrokerError::TopicNotFound(_) => v2::Code::TopicNotFound,
+        BrokerError::Forbidden(..) => v2::Code::Forbidden,
+        BrokerError::NoLeader(_) | BrokerError::Forward { .. } | BrokerError::Raft(_) => v2::Code::HaNotAvailable,
+        _ => v2::Code::InternalServerError,
+    };
+    status(code, e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn ts_ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000
+}
+
+fn dur(d: &prost_types::Duration) -> Duration {
+    Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64)
+}
+
+fn md5_hex(b: &[u8]) -> String {
+    let d = Md5::digest(b);
+    d.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+/// `host:port` → Address with the scheme the host form needs.
+pub fn endpoints(addrs: &[String]) -> v2::Endpoints {
+    let mut scheme = v2::AddressScheme::IPv4;
+    let addresses = addrs
+        .iter()
+        .filter_map(|a| {
+            let (host, port) = a.rsplit_once(':')?;
+            let port: i32 = port.parse().ok()?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                scheme = v2::AddressScheme::IPv6;
+            } else if host.parse::<std::net::Ipv4Addr>().is_err() {
+                scheme = v2::AddressScheme::DomainName;
+            }
+            Some(v2::Address {
+                host: host.to_string(),
+                port,
+            })
+        })
+        .collect();
+    v2::Endpoints {
+        scheme: scheme as i32,
+        addresses,
+    }
+}
+
+fn topic_type(t: TopicMessageType) -> v2::MessageType {
+    match t {
+        TopicMessageType::Normal => v2::MessageType::Normal,
+        TopicMessageType::Fifo => v2::MessageType::Fifo,
+        TopicMessageType::Delay => v2::MessageType::Delay,
+        TopicMessageType::Transaction => v2::MessageType::Transaction,
+    }
+}
+
+fn permission(p: Perm) -> v2::Permission {
+    match p {
+        Perm::ReadWrite => v2::Permission::ReadWrite,
+        Perm::Read => v2::Permission::Read,
+        Perm::Write => v2::Permission::Write,
+    }
+}
+
+/// The reply to a client's Settings: the settings echoed with the server's values filled in.
+pub fn settings_reply(mut s: v2::Settings) -> v2::TelemetryCommand {
+    let backoff = v2::RetryPolicy {
+        max_attempts: 3,
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
+            initial: Some(prost_types::Duration { seconds: 0, nanos: 10_000_000 }),
+            max: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            multiplier: 2.0,
+        })),
+    };
+    match &mut s.pub_sub {
+        Some(v2::settings::PubSub::Publishing(p)) => {
+            p.max_body_size = MAX_BODY_SIZE as i32;
+            p.validate_message_type = true;
+            s.backoff_policy = Some(backoff);
+        }
+        Some(v2::settings::PubSub::Subscription(sub)) => {
+            sub.receive_batch_size = Some(32);
+            sub.long_polling_timeout = Some(prost_types::Duration { seconds: 20, nanos: 0 });
+            if sub.fifo.is_none() {
+                sub.fifo = Some(false);
+            }
+            s.backoff_policy = Some(v2::RetryPolicy {
+                max_attempts: 17,
+                ..backoff
+            });
+        }
+        None => s.backoff_policy = Some(backoff),
+    }
+    s.metric = Some(v2::Metric { on: false, endpoints: None });
+    v2::TelemetryCommand {
+        status: Some(ok()),
+        command: Some(v2::telemetry_command::Command::Settings(s)),
+    }
+}
+
+/// One client known through Telemetry, keyed by `x-mq-client-id`.
+#[derive(Debug, Clone, Default)]
+struct ClientSession {
+    settings: Option<v2::Settings>,
+}
+
+/// The MessagingService of one node.
+pub struct MessagingSvc {
+    node: Weak<Node>,
+    clients: Arc<std::sync::Mutex<HashMap<String, ClientSession>>>,
+    leader_clients: std::sync::Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+    /// One receive at a time per (group, topic) on the leader: picking and recording a
+    /// delivery must not interleave with another pick.
+    pick_locks: std::sync::Mutex<HashMap<(String, String), Arc<AsyncMutex<()>>>>,
+    seq: AtomicU64,
+}
+
+impl MessagingSvc {
+    /// A service bound to `node`.
+    pub fn new(node: Weak<Node>) -> Self {
+        MessagingSvc {
+            node,
+            clients: Default::default(),
+            leader_clients: Default::default(),
+            pick_locks: Default::default(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The tonic server with raised message limits.
+    pub fn into_server(self) -> MessagingServiceServer<Self> {
+        MessagingServiceServer::new(self)
+            .max_decoding_message_size(super::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(super::MAX_GRPC_MESSAGE)
+    }
+
+    fn node(&self) -> Result<Arc<Node>, Status> {
+        self.node
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("node is shutting down"))
+    }
+
+    /// A unique delivery sequence: leader clock in the high bits, a counter in the low ones,
+    /// so sequences from different leaders practically never collide.
+    fn next_seq(&self) -> u64 {
+        ((now_ms() as u64) << 20) | (self.seq.fetch_add(1, Ordering::Relaxed) & 0xf_ffff)
+    }
+
+    fn leader_client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, Status> {
+        let mut g = self
+            .leader_clients
+            .lock()
+            .map_err(|_| Status::internal("client cache lock poisoned"))?;
+        if let Some(c) = g.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
+            .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2));
+        let c = MessagingServiceClient::new(ep.connect_lazy())
+            .max_decoding_message_size(super::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(super::MAX_GRPC_MESSAGE);
+        g.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Where a request must be served: `Ok(None)` here, `Ok(Some(addr))` at the leader.
+    fn placement<T>(&self, node: &Node, req: &Request<T>) -> Result<Option<String>, v2::Status> {
+        match node.route() {
+            Ok(Route::Local) => Ok(None),
+            Ok(Route::Leader(_, addr)) if req.metadata().get(FORWARDED).is_none() => Ok(Some(addr)),
+            Ok(Route::Leader(..)) => Err(status(v2::Code::HaNotAvailable, "leadership is changing; retry")),
+            Err(e) => Err(error_status(&e)),
+        }
+    }
+
+    fn forward_request<T>(req: Request<T>) -> Request<T> {
+        let md = req.metadata().clone();
+        let mut out = Request::new(req.into_inner());
+        for kv in md.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv
+                && k.as_str().starts_with("x-mq-")
+            {
+                out.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        out.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        out
+    }
+
+    fn pick_lock(&self, group: &str, topic: &str) -> Arc<AsyncMutex<()>> {
+        let mut g = match self.pick_locks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        Arc::clone(g.entry((group.to_string(), topic.to_string())).or_default())
+    }
+
+    fn client_id<T>(req: &Request<T>) -> String {
+        req.metadata()
+            .get("x-mq-client-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+
+    async fn send_local(&self, node: &Node, msgs: Vec<v2::Message>) -> v2::SendMessageResponse {
+        let fail = |st: v2::Status, n: usize| v2::SendMessageResponse {
+            status: Some(st.clone()),
+            entries: (0..n)
+                .map(|_| v2::SendResultEntry {
+                    status: Some(st.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        if msgs.is_empty() {
+            return fail(status(v2::Code::BadRequest, "no message"), 0);
+        }
+        let n = msgs.len();
+        let mut req = pb::ProduceRequest::default();
+        for m in &msgs {
+            let topic_name = m.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+            let Some(topic) = node.sm.topic(&topic_name) else {
+                return fail(status(v2::Code::TopicNotFound, format!("topic `{topic_name}` does not exist")), n);
+            };
+            if !topic.perm.writable() {
+                return fail(status(v2::Code::Forbidden, format!("topic `{topic_name}` is not writable")), n);
+            }
+            let sp = m.system_properties.clone().unwrap_or_default();
+            if sp.message_id.is_empty() {
+                return fail(status(v2::Code::IllegalMessageId, "message id is required"), n);
+            }
+            if m.body.len() > MAX_BODY_SIZE {
+                return fail(
+                    status(
+                        v2::Code::MessageBodyTooLarge,
+                        format!("body of {} bytes exceeds {MAX_BODY_SIZE}", m.body.len()),
+                    ),
+                    n,
+                );
+            }
+            let sent_type = v2::MessageType::try_from(sp.message_type).unwrap_or(v2::MessageType::Unspecified);
+            let want = topic_type(topic.message_type);
+            let sent_type = if sent_type == v2::MessageType::Unspecified {
+                if sp.message_group.is_some() { v2::MessageType::Fifo } else { v2::MessageType::Normal }
+            } else {
+                sent_type
+            };
+            if sent_type != want {
+                return fail(
+                    status(
+                        v2::Code::MessagePropertyConflictWithType,
+                        format!(
+                            "topic `{topic_name}` accepts {} messages, not {}",
+                            want.as_str_name(),
+                            sent_type.as_str_name()
+                        ),
+                    ),
+                    n,
+                );
+            }
+            if want == v2::MessageType::Fifo && sp.message_group.as_deref().unwrap_or("").is_empty() {
+                return fail(status(v2::Code::IllegalMessageGroup, "FIFO messages need a message group"), n);
+            }
+            if matches!(want, v2::MessageType::Delay | v2::MessageType::Transaction) {
+                return fail(
+                    status(v2::Code::Unsupported, format!("{} messages are not supported yet", want.as_str_name())),
+                    n,
+                );
+            }
+            let queue_id = if sp.queue_id >= 0 && (sp.queue_id as u32) < topic.queues && want != v2::MessageType::Fifo {
+                sp.queue_id
+            } else {
+                -1
+            };
+            req.messages.push(pb::ProduceMessage {
+                topic: topic_name,
+                queue_id,
+                message_id: sp.message_id.clone(),
+                tag: sp.tag.clone().unwrap_or_default(),
+                keys: sp.keys.clone(),
+                properties: m.user_properties.clone(),
+                body: m.body.clone(),
+                message_group: sp.message_group.clone().unwrap_or_default(),
+                born_timestamp_ms: sp.born_timestamp.as_ref().map(ts_ms).unwrap_or(0),
+            });
+        }
+        match node.produce(req).await {
+            Ok(reply) => v2::SendMessageResponse {
+                status: Some(ok()),
+                entries: reply
+                    .results
+                    .into_iter()
+                    .map(|r| v2::SendResultEntry {
+                        status: Some(ok()),
+                        message_id: r.message_id,
+                        transaction_id: String::new(),
+                        offset: r.offset as i64,
+                        recall_handle: String::new(),
+                    })
+                    .collect(),
+            },
+            Err(e) => fail(error_status(&e), n),
+        }
+    }
+
+    /// Pick and record one delivery for a receive; `None` if nothing is ready.
+    async fn try_pop(
+        &self,
+        node: &Node,
+        group: &str,
+        topic: &TopicConfig,
+        first_queue: u32,
+        batch: usize,
+        filter: &Filter,
+        invisible: Duration,
+    ) -> Result<Option<Vec<(u32, u64, u32, u64, MessageView, u64)>>, BrokerError> {
+        let lock = self.pick_lock(group, &topic.name);
+        let _g = lock.lock().await;
+        let gc = node.sm.group_config(group);
+        let fifo = gc.fifo || topic.message_type == TopicMessageType::Fifo;
+        let now = now_ms();
+        let until = now + invisible.as_millis() as i64;
+        let mut out = Vec::new();
+        let queues: Vec<u32> = (0..topic.queues)
+            .map(|i| (first_queue + i) % topic.queues.max(1))
+            .collect();
+        for q in queues {
+            if out.len() >= batch {
+                break;
+            }
+            let state = node.sm.queue_state(group, &topic.name, q);
+            let mut deliver: Vec<(u64, u32)> = Vec::new();
+            let mut to_dlq: Vec<(u64, u64)> = Vec::new();
+            // Expired deliveries come back first, with the next attempt number.
+            for (off, f) in &state.inflight {
+                if deliver.len() + out.len() >= batch {
+                    break;
+                }
+                if f.invisible_until_ms <= now {
+                    if f.attempt >= gc.max_delivery_attempts {
+                        to_dlq.push((*off, f.seq));
+                    } else {
+                        deliver.push((*off, f.attempt + 1));
+                    }
+                } else if fifo {
+                    break; // an invisible message blocks its queue for orderly groups
+                }
+            }
+            for (off, seq) in to_dlq {
+                self.dead_letter(node, group, &topic.name, q, off, seq).await?;
+            }
+            let blocked = fifo && state.inflight.values().any(|f| f.invisible_until_ms > now);
+            let mut skip_to = state.next_offset;
+            if !fifo || (!blocked && deliver.is_empty()) {
+                let room = batch.saturating_sub(out.len() + deliver.len());
+                if room > 0 {
+                    let (units, min, max) = node.sm.units(&topic.name, q, state.next_offset, room * 4 + 16);
+                    let mut off = state.next_offset.max(min);
+                    for u in units {
+                        if deliver.len() + out.len() >= batch {
+                            break;
+                        }
+                        if filter.matches_hash(u.tag_hash) {
+                            let m = node.sm.message_at(u.pos, u.size)?;
+                            if filter.matches(m.tag()) {
+                                deliver.push((off, 1));
+                            }
+                        }
+                        off += 1;
+                        skip_to = off;
+                    }
+                    let _ = max;
+                }
+            }
+            if deliver.is_empty() && skip_to <= state.next_offset {
+                continue;
+            }
+            let seq = self.next_seq();
+            let pop = Pop {
+                group: group.to_string(),
+                topic: topic.name.clone(),
+                queue: q,
+                deliver: deliver.clone(),
+                skip_to,
+                invisible_until_ms: until,
+                seq,
+            };
+            node.propose(InternalCommand::Pop(pop)).await?;
+            for (off, attempt) in deliver {
+                let (units, _, _) = node.sm.units(&topic.name, q, off, 1);
+                let Some(u) = units.first() else { continue };
+                let m = node.sm.message_at(u.pos, u.size)?;
+                out.push((q, off, attempt, seq, m, u.pos));
+            }
+        }
+        Ok(if out.is_empty() { None } else { Some(out) })
+    }
+
+    /// Copy an exhausted message to the group's dead-letter topic, then ack it.
+    async fn dead_letter(&self, node: &Node, group: &str, topic: &str, queue: u32, offset: u64, seq: u64) -> Result<(), BrokerError> {
+        let dlq = consume::dlq_topic(group);
+        if node.sm.topic(&dlq).is_none() {
+            node.propose(InternalCommand::UpsertTopic {
+                topic: TopicConfig {
+                    name: dlq.clone(),
+                    queues: 1,
+                    perm: Perm::ReadWrite,
+                    message_type: TopicMessageType::Normal,
+                },
+            })
+            .await?;
+        }
+        let (units, _, _) = node.sm.units(topic, queue, offset, 1);
+        if let Some(u) = units.first() {
+            let m = node.sm.message_at(u.pos, u.size)?;
+            let mut props: HashMap<String, String> = m.properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            props.insert("ORIGIN_TOPIC".into(), topic.to_string());
+            props.insert("ORIGIN_QUEUE_OFFSET".into(), format!("{queue}:{offset}"));
+            node.produce(pb::ProduceRequest {
+                messages: vec![pb::ProduceMessage {
+                    topic: dlq,
+                    queue_id: 0,
+                    message_id: m.message_id.to_string(),
+                    tag: m.tag.to_string(),
+                    keys: m.keys.iter().map(|k| k.to_string()).collect(),
+                    properties: props,
+                    body: m.body.clone(),
+                    message_group: String::new(),
+                    born_timestamp_ms: m.born_timestamp_ms,
+                }],
+            })
+            .await?;
+        }
+        node.propose(InternalCommand::Ack {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue,
+            offset,
+            seq,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A subscription filter. Tag expressions (`*`, `a || b`) are checked on the ConsumeQueue's
+/// tag hash first and then on the message's tag.
+#[derive(Debug, Clone)]
+enum Filter {
+    All,
+    Tags(Vec<String>),
+}
+
+impl Filter {
+    fn parse(f: Option<&v2::FilterExpression>) -> Result<Filter, v2::Status> {
+        let Some(f) = f else { return Ok(Filter::All) };
+        let ty = v2::FilterType::try_from(f.r#type).unwrap_or(v2::FilterType::Unspecified);
+        match ty {
+            v2::FilterType::Sql => Err(status(v2::Code::IllegalFilterExpression, "SQL92 filters are not supported yet")),
+            _ => {
+                let e = f.expression.trim();
+                if e.is_empty() || e == "*" {
+                    return Ok(Filter::All);
+                }
+                let tags: Vec<String> = e.split("||").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+                if tags.is_empty() {
+                    return Err(status(v2::Code::IllegalFilterExpression, format!("bad tag expression `{e}`")));
+                }
+                Ok(Filter::Tags(tags))
+            }
+        }
+    }
+
+    fn matches_hash(&self, h: u64) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Tags(t) => t.iter().any(|x| tag_hash(x) == h),
+        }
+    }
+
+    fn matches(&self, tag: Option<&str>) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Tags(t) => tag.is_some_and(|tag| t.iter().any(|x| x == tag)),
+        }
+    }
+}
+
+fn delivered(
+    ns: &str,
+    topic: &str,
+    q: u32,
+    offset: u64,
+    attempt: u32,
+    seq: u64,
+    m: &MessageView,
+    store_host: &str,
+    invisible: Duration,
+) -> v2::Message {
+    let message_type = match m.msg_type {
+        MessageType::Fifo => v2::MessageType::Fifo,
+        MessageType::Delay => v2::MessageType::Delay,
+        MessageType::TransactionHalf => v2::MessageType::Transaction,
+        _ => v2::MessageType::Normal,
+    };
+    let body: Bytes = m.body.clone();
+    v2::Message {
+        topic: Some(v2::Resource {
+            resource_namespace: ns.to_string(),
+            name: topic.to_string(),
+        }),
+        user_properties: m.properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        system_properties: Some(v2::SystemProperties {
+            tag: m.tag().map(str::to_string),
+            keys: m.keys.iter().map(|k| k.to_string()).collect(),
+            message_id: m.message_id.to_string(),
+            body_digest: Some(v2::Digest {
+                r#type: v2::DigestType::Md5 as i32,
+                checksum: md5_hex(&body),
+            }),
+            body_encoding: v2::Encoding::Identity as i32,
+            message_type: message_type as i32,
+            born_timestamp: Some(ts(m.born_timestamp_ms)),
+            born_host: m.born_host.to_string(),
+            store_timestamp: Some(ts(m.store_timestamp_ms)),
+            store_host: store_host.to_string(),
+            delivery_timestamp: m.delivery_timestamp_ms().map(ts),
+            receipt_handle: Some(consume::encode_handle(q, offset, seq)),
+            queue_id: q as i32,
+            queue_offset: Some(offset as i64),
+            invisible_duration: Some(prost_types::Duration {
+                seconds: invisible.as_secs() as i64,
+                nanos: invisible.subsec_nanos() as i32,
+            }),
+            delivery_attempt: Some(attempt as i32),
+            message_group: m.message_group().map(str::to_string),
+            ..Default::default()
+        }),
+        body,
+    }
+}
+
+fn one<T: Send + 'static>(item: T) -> BoxStream<T> {
+    Box::pin(futures::stream::iter([Ok(item)]))
+}
+
+fn receive_status(st: v2::Status) -> v2::ReceiveMessageResponse {
+    v2::ReceiveMessageResponse {
+        content: Some(v2::receive_message_response::Content::Status(st)),
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingService for MessagingSvc {
+    async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> Result<Response<v2::QueryRouteResponse>, Status> {
+        let node = self.node()?;
+        let r = req.into_inner();
+        let Some(topic_res) = r.topic else {
+            return Ok(Response::new(v2::QueryRouteResponse {
+                status: Some(status(v2::Code::IllegalTopic, "topic is required")),
+                message_queues: vec![],
+            }));
+        };
+        let Some(topic) = node.sm.topic(&topic_res.name) else {
+            return Ok(Response::new(v2::QueryRouteResponse {
+                status: Some(status(v2::Code::TopicNotFound, format!("topic `{}` does not exist", topic_res.name))),
+                message_queues: vec![],
+            }));
+        };
+        let members = node.member_addresses();
+        let eps = endpoints(&members);
+        let queues = (0..topic.queues)
+            .map(|q| v2::MessageQueue {
+                topic: Some(topic_res.clone()),
+                id: q as i32,
+                permission: permission(topic.perm) as i32,
+                broker: Some(v2::Broker {
+                    name: node.config.group.clone(),
+                    id: 0,
+                    endpoints: Some(eps.clone()),
+                }),
+                accept_message_types: vec![topic_type(topic.message_type) as i32],
+            })
+            .collect();
+        Ok(Response::new(v2::QueryRouteResponse {
+            status: Some(ok()),
+            message_queues: queues,
+        }))
+    }
+
+    async fn heartbeat(&self, _req: Request<v2::HeartbeatRequest>) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
+    }
+
+    async fn notify_client_termination(
+        &self,
+        req: Request<v2::NotifyClientTerminationRequest>,
+    ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
+        let id = Self::client_id(&req);
+        if let Ok(mut g) = self.clients.lock() {
+            g.remove(&id);
+        }
+        Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
+    }
+
+    async fn telemetry(
+        &self,
+        req: Request<tonic::Streaming<v2::TelemetryCommand>>,
+    ) -> Result<Response<BoxStream<v2::TelemetryCommand>>, Status> {
+        let client_id = Self::client_id(&req);
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v2::TelemetryCommand, Status>>(16);
+        let node = self.node.clone();
+        let clients = Arc::clone(&self.clients);
+        // Settings are recorded per client id and each Settings command is answered at once;
+        // the stream stays open until the client closes it.
+        tokio::spawn(async move {
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => break,
+                };
+                if let Some(v2::telemetry_command::Command::Settings(s)) = msg.command {
+                    if let Ok(mut g) = clients.lock() {
+                        g.entry(client_id.clone()).or_default().settings = Some(s.clone());
+                    }
+                    if tx.send(Ok(settings_reply(s))).await.is_err() {
+                        break;
+                    }
+                }
+                if node.upgrade().is_none() {
+                    break;
+                }
+            }
+        });
+        let out = tokio_stream_from(rx);
+        Ok(Response::new(out))
+    }
+
+    async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> Result<Response<v2::SendMessageResponse>, Status> {
+        let node = self.node()?;
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c.send_message(Self::forward_request(req)).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Ok(Response::new(v2::SendMessageResponse {
+                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        entries: vec![],
+                    })),
+                };
+            }
+            Err(st) => {
+                return Ok(Response::new(v2::SendMessageResponse {
+                    status: Some(st),
+                    entries: vec![],
+                }));
+            }
+        }
+        let msgs = req.into_inner().messages;
+        Ok(Response::new(self.send_local(&node, msgs).await))
+    }
+
+    async fn receive_message(
+        &self,
+        req: Request<v2::ReceiveMessageRequest>,
+    ) -> Result<Response<BoxStream<v2::ReceiveMessageResponse>>, Status> {
+        let node = self.node()?;
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c.receive_message(Self::forward_request(req)).await {
+                    Ok(r) => Ok(Response::new(Box::pin(r.into_inner()) as BoxStream<_>)),
+                    Err(e) => Ok(Response::new(one(receive_status(status(
+                        v2::Code::HaNotAvailable,
+                        format!("leader {addr}: {}", e.message()),
+                    ))))),
+                };
+            }
+            Err(st) => return Ok(Response::new(one(receive_status(st)))),
+        }
+        let r = req.into_inner();
+        let group = r.group.as_ref().map(|g| g.name.clone()).unwrap_or_default();
+        if group.is_empty() {
+            return Ok(Response::new(one(receive_status(status(v2::Code::IllegalConsumerGroup, "group is required")))));
+        }
+        let mq = r.message_queue.clone().unwrap_or_default();
+        let topic_res = mq.topic.clone().unwrap_or_default();
+        let Some(topic) = node.sm.topic(&topic_res.name) else {
+            return Ok(Response::new(one(receive_status(status(
+                v2::Code::TopicNotFound,
+                format!("topic `{}` does not exist", topic_res.name),
+            )))));
+        };
+        if !topic.perm.readable() {
+            return Ok(Response::new(one(receive_status(status(
+                v2::Code::Forbidden,
+                format!("topic `{}` is not readable", topic.name),
+            )))));
+        }
+        let filter = match Filter::parse(r.filter_expression.as_ref()) {
+            Ok(f) => f,
+            Err(st) => return Ok(Response::new(one(receive_status(st)))),
+        };
+        let invisible = r.invisible_duration.as_ref().map(dur).unwrap_or(DEFAULT_INVISIBLE);
+        if invisible.is_zero() && !r.auto_renew {
+            return Ok(Response::new(one(receive_status(status(
+                v2::Code::IllegalInvisibleTime,
+                "invisible duration must be positive",
+            )))));
+        }
+        let poll = r.long_polling_timeout.as_ref().map(dur).unwrap_or(Duration::ZERO).min(MAX_LONG_POLL);
+        let batch = r.batch_size.clamp(1, 1024) as usize;
+        let first_queue = (mq.id.max(0) as u32) % topic.queues.max(1);
+        let deadline = tokio::time::Instant::now() + poll;
+        let mut applied = node.sm.subscribe_applied();
+        loop {
+            match self.try_pop(&node, &group, &topic, first_queue, batch, &filter, invisible).await {
+                Ok(Some(msgs)) => {
+                    let host = node.config.advertise.clone();
+                    let mut items = vec![Ok(receive_status(ok()))];
+                    for (q, off, attempt, seq, m, _pos) in &msgs {
+                        items.push(Ok(v2::ReceiveMessageResponse {
+                            content: Some(v2::receive_message_response::Content::Message(delivered(
+                                &topic_res.resource_namespace,
+                                &topic.name,
+                                *q,
+                                *off,
+                                *attempt,
+                                *seq,
+                                m,
+                                &host,
+                                invisible,
+                            ))),
+                        }));
+                    }
+                    items.push(Ok(v2::ReceiveMessageResponse {
+                        content: Some(v2::receive_message_response::Content::DeliveryTimestamp(ts(now_ms()))),
+                    }));
+                    return Ok(Response::new(Box::pin(futures::stream::iter(items))));
+                }
+                Ok(None) => {}
+                Err(e) => return Ok(Response::new(one(receive_status(error_status(&e))))),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(one(receive_status(status(v2::Code::MessageNotFound, "no new message")))));
+            }
+            // Wake on a new applied entry, or in a while to catch expiring deliveries.
+            let wake = (now + Duration::from_millis(200)).min(deadline);
+            let _ = tokio::time::timeout_at(wake, applied.changed()).await;
+        }
+    }
+
+    async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> Result<Response<v2::AckMessageResponse>, Status> {
+        let node = self.node()?;
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c.ack_message(Self::forward_request(req)).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Ok(Response::new(v2::AckMessageResponse {
+                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        entries: vec![],
+                    })),
+                };
+            }
+            Err(st) => {
+                return Ok(Response::new(v2::AckMessageResponse {
+                    status: Some(st),
+                    entries: vec![],
+                }));
+            }
+        }
+        let r = req.into_inner();
+        let group = r.group.map(|g| g.name).unwrap_or_default();
+        let topic = r.topic.map(|t| t.name).unwrap_or_default();
+        let mut entries = Vec::with_capacity(r.entries.len());
+        let mut all_ok = true;
+        for e in r.entries {
+            let st = match consume::decode_handle(&e.receipt_handle) {
+                None => status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"),
+                Some((queue, offset, seq)) => {
+                    let cmd = InternalCommand::Ack {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        queue,
+                        offset,
+                        seq,
+                    };
+                    match node.propose(cmd).await {
+                        Ok(resp) if &resp.data[..] == b"ok" => ok(),
+                        Ok(_) => status(v2::Code::InvalidReceiptHandle, "receipt handle is stale (redelivered or acked)"),
+                        Err(e) => error_status(&e),
+                    }
+                }
+            };
+            all_ok &= st.code == v2::Code::Ok as i32;
+            entries.push(v2::AckMessageResultEntry {
+                message_id: e.message_id,
+                receipt_handle: e.receipt_handle,
+                status: Some(st),
+            });
+        }
+        let top = if all_ok {
+            ok()
+        } else if entries.len() == 1 {
+            entries[0].status.clone().unwrap_or_else(ok)
+        } else {
+            status(v2::Code::MultipleResults, "some entries failed")
+        };
+        Ok(Response::new(v2::AckMessageResponse {
+            status: Some(top),
+            entries,
+        }))
+    }
+
+    async fn change_invisible_duration(
+        &self,
+        req: Request<v2::ChangeInvisibleDurationRequest>,
+    ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
+        let node = self.node()?;
+        let handle = req.get_ref().receipt_handle.clone();
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c.change_invisible_duration(Self::forward_request(req)).await {
+                    Ok(r) => Ok(r),
+                    Err(e) => Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        receipt_handle: handle,
+                    })),
+                };
+            }
+            Err(st) => {
+                return Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+                    status: Some(st),
+                    receipt_handle: handle,
+                }));
+            }
+        }
+        let r = req.into_inner();
+        // The reply always carries a usable handle: the new one, or the one sent.
+        let reply = |st: v2::Status, h: String| {
+            Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+                status: Some(st),
+                receipt_handle: h,
+            }))
+        };
+        let Some((queue, offset, seq)) = consume::decode_handle(&r.receipt_handle) else {
+            return reply(status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"), r.receipt_handle);
+        };
+        let Some(d) = r.invisible_duration.as_ref().map(dur) else {
+            return reply(status(v2::Code::IllegalInvisibleTime, "invisible duration is required"), r.receipt_handle);
+        };
+        let new_seq = self.next_seq();
+        let cmd = InternalCommand::ChangeInvisible {
+            group: r.group.map(|g| g.name).unwrap_or_default(),
+            topic: r.topic.map(|t| t.name).unwrap_or_default(),
+            queue,
+            offset,
+            seq,
+            until_ms: now_ms() + d.as_millis() as i64,
+            new_seq,
+        };
+        match node.propose(cmd).await {
+            Ok(resp) if &resp.data[..] == b"ok" => reply(ok(), consume::encode_handle(queue, offset, new_seq)),
+            Ok(_) => reply(
+                status(v2::Code::InvalidReceiptHandle, "receipt handle is stale (redelivered or acked)"),
+                r.receipt_handle,
+            ),
+            Err(e) => reply(error_status(&e), r.receipt_handle),
+        }
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}

@@ -1,0 +1,184 @@
+//! The nameserver: a stateless route registry (`raftmq nameserver --listen HOST:PORT`).
+//!
+//! Several nameservers run side by side and never talk to each other. Every broker node
+//! reports its full state (group, node id, advertised address, Raft role, term, leader,
+//! commit/applied/last log index, the group's topics) to every nameserver once per heartbeat
+//! interval (`crate::broker::register`); a node silent for the node timeout (3 intervals,
+//! `--node-timeout-ms`, default 3000) is dropped.
+//!
+//! One port serves
+//! * `raftmq.nameserver.Nameserver` (`proto/raftmq/nameserver.proto`): `Heartbeat` from the
+//!   nodes, `GetRoutes` / `ListGroups` for tools ([`registry`]);
+//! * `apache.rocketmq.v2.MessagingService`'s access-point RPCs, so RocketMQ clients may use
+//!   nameservers as their endpoints: `QueryRoute` ([`route`]), `Telemetry` ([`settings`]),
+//!   `Heartbeat`, `NotifyClientTermination`.
+//!
+//! [`route`] and [`settings`] are shared with the broker's own `MessagingService`.
+
+pub mod registry;
+pub mod route;
+pub mod service;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use registry::Registry;
+pub use route::GroupRoute;
+
+use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer;
+use crate::proto::raftmq::nameserver::nameserver_server::NameserverServer;
+
+/// Default `--node-timeout-ms`: a node silent this long is dropped.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything the nameserver can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameserverError {
+    /// A malformed request (empty group, unknown permission, ...).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Invalid settings at start.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// Binding or serving the port failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<NameserverError> for tonic::Status {
+    fn from(e: NameserverError) -> tonic::Status {
+        match &e {
+            NameserverError::BadRequest(_) | NameserverError::Config(_) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// Settings of one nameserver.
+#[derive(Debug, Clone)]
+pub struct NameserverConfig {
+    /// Address to bind (port 0 picks a free port; see [`Nameserver::local_addr`]).
+    pub listen: SocketAddr,
+    /// Drop a node whose last report is older than this (3 heartbeat intervals).
+    pub node_timeout: Duration,
+}
+
+impl NameserverConfig {
+    /// Defaults for `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        NameserverConfig {
+            listen,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+        }
+    }
+}
+
+/// Flags of `raftmq nameserver`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NameserverArgs {
+    /// Address to bind the gRPC port (registry + RocketMQ access point), HOST:PORT.
+    #[arg(long, env = "RAFTMQ_NAMESERVER_LISTEN", default_value = "0.0.0.0:9876")]
+    pub listen: SocketAddr,
+    /// Drop a broker node silent for this many milliseconds (3 heartbeat intervals; nodes
+    /// heartbeat every third of it).
+    #[arg(long, env = "RAFTMQ_NODE_TIMEOUT_MS", default_value_t = 3000)]
+    pub node_timeout_ms: u64,
+}
+
+impl NameserverArgs {
+    /// The configuration these flags describe.
+    pub fn config(&self) -> Result<NameserverConfig, NameserverError> {
+        if self.node_timeout_ms < 3 {
+            return Err(NameserverError::Config(
+                "--node-timeout-ms must be at least 3".into(),
+            ));
+        }
+        Ok(NameserverConfig {
+            listen: self.listen,
+            node_timeout: Duration::from_millis(self.node_timeout_ms),
+        })
+    }
+}
+
+/// A running nameserver.
+pub struct Nameserver {
+    local_addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Nameserver {
+    /// Bind the port and serve. Returns once the port is bound.
+    pub async fn start(config: NameserverConfig) -> Result<Nameserver, NameserverError> {
+        if config.node_timeout.is_zero() {
+            return Err(NameserverError::Config("node timeout must be > 0".into()));
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| NameserverError::Config(format!("listen {}: {e}", config.listen)))?;
+        let local_addr = listener.local_addr()?;
+        let registry = Arc::new(Registry::new(config.node_timeout));
+        let (shutdown, mut rx) = watch::channel(false);
+        let registry_svc = NameserverServer::new(service::RegistryService::new(Arc::clone(
+            &registry,
+        )));
+        let access_svc =
+            MessagingServiceServer::new(service::AccessPointService::new(Arc::clone(&registry)));
+        let incoming = futures::stream::unfold(listener, |l| async move {
+            let r = l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                s
+            });
+            Some((r, l))
+        });
+        let server = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .add_service(registry_svc)
+                .add_service(access_svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        Ok(Nameserver {
+            local_addr,
+            registry,
+            shutdown,
+            server,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The registry it serves.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stop serving and wait for the server to finish.
+    pub async fn shutdown(self) -> Result<(), NameserverError> {
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(r) => r.map_err(NameserverError::from),
+            Err(e) => Err(NameserverError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
