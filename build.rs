@@ -33,8 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     // The RocketMQ client protocol (`proto/apache/...`) is built separately so that only its server
     // trait gets default methods answering UNIMPLEMENTED (raftmq's own services stay strict).
-    let (rocketmq, own): (Vec<PathBuf>, Vec<PathBuf>) =
-        files.into_iter().partition(|p| p.starts_with("proto/apache"));
+    let (rocketmq, own): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .into_iter()
+        .partition(|p| p.starts_with("proto/apache"));
     if !own.is_empty() {
         tonic_prost_build::configure()
             .build_server(true)

@@ -195,6 +195,9 @@ pub struct GroupWrite {
     pub raft_index: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The group answered NOT_FOUND (the topic does not exist there).
+    #[serde(skip)]
+    not_found: bool,
 }
 
 /// Result of `topic create|update|delete`.
@@ -620,6 +623,7 @@ impl Ctx {
                             via: Some(addr.clone()),
                             raft_index: Some(r.into_inner().raft_index),
                             error: None,
+                            not_found: false,
                         };
                     }
                     Err(s) => {
@@ -639,6 +643,7 @@ impl Ctx {
                                 via: Some(addr.clone()),
                                 raft_index: None,
                                 error: Some(last),
+                                not_found: s.code() == tonic::Code::NotFound,
                             };
                         }
                     }
@@ -652,6 +657,7 @@ impl Ctx {
                     via: None,
                     raft_index: None,
                     error: Some(last),
+                    not_found: false,
                 };
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -867,12 +873,7 @@ async fn delete(ctx: &Ctx, name: &str) -> Result<TopicWrite, AdminError> {
     let mut results = futures::future::join_all(writes).await;
     for r in &mut results {
         // A group without the topic answers NOT_FOUND: nothing to delete there.
-        let absent = !r.ok
-            && r
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("NotFound"));
-        if absent {
+        if !r.ok && r.not_found {
             r.ok = true;
             r.error = None;
             r.deleted = Some(false);
@@ -946,7 +947,12 @@ async fn cluster(ctx: &Ctx) -> Result<ClusterOut, AdminError> {
             })
             .collect();
         // The group's leader: the live view's self-declared leader at the highest term first.
-        let term = nodes.iter().map(|n| n.term).max().unwrap_or(g.term).max(g.term);
+        let term = nodes
+            .iter()
+            .map(|n| n.term)
+            .max()
+            .unwrap_or(g.term)
+            .max(g.term);
         let leader_id = nodes
             .iter()
             .filter(|n| n.role == "leader" && n.term == term)
@@ -1088,7 +1094,9 @@ fn route_table(r: &TopicRouteOut) -> String {
         .collect();
     let mut out = format!("topic {}\n", r.topic);
     out.push_str(&table(
-        &["GROUP", "QUEUES", "PERM", "TYPE", "LEADER", "TERM", "MEMBERS"],
+        &[
+            "GROUP", "QUEUES", "PERM", "TYPE", "LEADER", "TERM", "MEMBERS",
+        ],
         &rows,
     ));
     out
@@ -1119,12 +1127,24 @@ fn cluster_table(c: &ClusterOut) -> String {
     }
     let mut out = table(
         &[
-            "GROUP", "NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG",
-            "VERSION", "REPORT AGE",
+            "GROUP",
+            "NODE",
+            "ADDRESS",
+            "ROLE",
+            "TERM",
+            "LEADER",
+            "COMMIT",
+            "APPLIED",
+            "LAG",
+            "VERSION",
+            "REPORT AGE",
         ],
         &rows,
     );
-    if c.groups.iter().any(|g| g.nodes.iter().any(|n| !n.reachable)) {
+    if c.groups
+        .iter()
+        .any(|g| g.nodes.iter().any(|n| !n.reachable))
+    {
         out.push_str("(`?`: node did not answer now; values from its last report)\n");
     }
     out

@@ -173,7 +173,11 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
     cfg.retention_time = a.retention_secs.map(std::time::Duration::from_secs);
     cfg.retention_bytes = a.retention_bytes;
     cfg.retention_interval = std::time::Duration::from_secs(a.retention_interval_secs.max(1));
-    cfg.nameservers = a.nameservers.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    cfg.nameservers = a
+        .nameservers
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;

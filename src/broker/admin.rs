@@ -128,6 +128,41 @@ impl Admin for AdminService {
         Ok(Response::new(node.transfer_leader(req.into_inner()).await?))
     }
 
+    async fn upsert_group(
+        &self,
+        req: Request<pb::GroupConfig>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(node.upsert_group(req.into_inner()).await?))
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<pb::DeleteGroupRequest>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(node.delete_group(req.into_inner()).await?))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsReply>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(pb::ListGroupsReply {
+            groups: node
+                .sm
+                .groups()
+                .into_iter()
+                .map(|g| pb::GroupConfig {
+                    name: g.name,
+                    max_delivery_attempts: g.max_delivery_attempts,
+                    fifo: g.fifo,
+                })
+                .collect(),
+        }))
+    }
+
     async fn run_retention(
         &self,
         _: Request<pb::RetentionRequest>,

@@ -32,9 +32,11 @@ use tonic::{Request, Response, Status};
 use super::error::BrokerError;
 use super::node::Node;
 use super::ops::Route;
-use crate::proto::apache::rocketmq::v2 as v2;
+use crate::proto::apache::rocketmq::v2;
 use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
-use crate::proto::apache::rocketmq::v2::messaging_service_server::{MessagingService, MessagingServiceServer};
+use crate::proto::apache::rocketmq::v2::messaging_service_server::{
+    MessagingService, MessagingServiceServer,
+};
 use crate::proto::raftmq::admin as pb;
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, Perm, TopicConfig, TopicMessageType};
@@ -69,7 +71,9 @@ pub fn error_status(e: &BrokerError) -> v2::Status {
         BrokerError::BadRequest(_) | BrokerError::Config(_) => v2::Code::BadRequest,
         BrokerError::TopicNotFound(_) => v2::Code::TopicNotFound,
         BrokerError::Forbidden(..) => v2::Code::Forbidden,
-        BrokerError::NoLeader(_) | BrokerError::Forward { .. } | BrokerError::Raft(_) => v2::Code::HaNotAvailable,
+        BrokerError::NoLeader(_) | BrokerError::Forward { .. } | BrokerError::Raft(_) => {
+            v2::Code::HaNotAvailable
+        }
         _ => v2::Code::InternalServerError,
     };
     status(code, e.to_string())
@@ -149,11 +153,19 @@ fn permission(p: Perm) -> v2::Permission {
 pub fn settings_reply(mut s: v2::Settings) -> v2::TelemetryCommand {
     let backoff = v2::RetryPolicy {
         max_attempts: 3,
-        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(v2::ExponentialBackoff {
-            initial: Some(prost_types::Duration { seconds: 0, nanos: 10_000_000 }),
-            max: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-            multiplier: 2.0,
-        })),
+        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(
+            v2::ExponentialBackoff {
+                initial: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 10_000_000,
+                }),
+                max: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                multiplier: 2.0,
+            },
+        )),
     };
     match &mut s.pub_sub {
         Some(v2::settings::PubSub::Publishing(p)) => {
@@ -163,7 +175,10 @@ pub fn settings_reply(mut s: v2::Settings) -> v2::TelemetryCommand {
         }
         Some(v2::settings::PubSub::Subscription(sub)) => {
             sub.receive_batch_size = Some(32);
-            sub.long_polling_timeout = Some(prost_types::Duration { seconds: 20, nanos: 0 });
+            sub.long_polling_timeout = Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0,
+            });
             if sub.fifo.is_none() {
                 sub.fifo = Some(false);
             }
@@ -174,7 +189,10 @@ pub fn settings_reply(mut s: v2::Settings) -> v2::TelemetryCommand {
         }
         None => s.backoff_policy = Some(backoff),
     }
-    s.metric = Some(v2::Metric { on: false, endpoints: None });
+    s.metric = Some(v2::Metric {
+        on: false,
+        endpoints: None,
+    });
     v2::TelemetryCommand {
         status: Some(ok()),
         command: Some(v2::telemetry_command::Command::Settings(s)),
@@ -252,7 +270,10 @@ impl MessagingSvc {
         match node.route() {
             Ok(Route::Local) => Ok(None),
             Ok(Route::Leader(_, addr)) if req.metadata().get(FORWARDED).is_none() => Ok(Some(addr)),
-            Ok(Route::Leader(..)) => Err(status(v2::Code::HaNotAvailable, "leadership is changing; retry")),
+            Ok(Route::Leader(..)) => Err(status(
+                v2::Code::HaNotAvailable,
+                "leadership is changing; retry",
+            )),
             Err(e) => Err(error_status(&e)),
         }
     }
@@ -306,14 +327,29 @@ impl MessagingSvc {
         for m in &msgs {
             let topic_name = m.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let Some(topic) = node.sm.topic(&topic_name) else {
-                return fail(status(v2::Code::TopicNotFound, format!("topic `{topic_name}` does not exist")), n);
+                return fail(
+                    status(
+                        v2::Code::TopicNotFound,
+                        format!("topic `{topic_name}` does not exist"),
+                    ),
+                    n,
+                );
             };
             if !topic.perm.writable() {
-                return fail(status(v2::Code::Forbidden, format!("topic `{topic_name}` is not writable")), n);
+                return fail(
+                    status(
+                        v2::Code::Forbidden,
+                        format!("topic `{topic_name}` is not writable"),
+                    ),
+                    n,
+                );
             }
             let sp = m.system_properties.clone().unwrap_or_default();
             if sp.message_id.is_empty() {
-                return fail(status(v2::Code::IllegalMessageId, "message id is required"), n);
+                return fail(
+                    status(v2::Code::IllegalMessageId, "message id is required"),
+                    n,
+                );
             }
             if m.body.len() > MAX_BODY_SIZE {
                 return fail(
@@ -324,10 +360,15 @@ impl MessagingSvc {
                     n,
                 );
             }
-            let sent_type = v2::MessageType::try_from(sp.message_type).unwrap_or(v2::MessageType::Unspecified);
+            let sent_type =
+                v2::MessageType::try_from(sp.message_type).unwrap_or(v2::MessageType::Unspecified);
             let want = topic_type(topic.message_type);
             let sent_type = if sent_type == v2::MessageType::Unspecified {
-                if sp.message_group.is_some() { v2::MessageType::Fifo } else { v2::MessageType::Normal }
+                if sp.message_group.is_some() {
+                    v2::MessageType::Fifo
+                } else {
+                    v2::MessageType::Normal
+                }
             } else {
                 sent_type
             };
@@ -344,16 +385,29 @@ impl MessagingSvc {
                     n,
                 );
             }
-            if want == v2::MessageType::Fifo && sp.message_group.as_deref().unwrap_or("").is_empty() {
-                return fail(status(v2::Code::IllegalMessageGroup, "FIFO messages need a message group"), n);
-            }
-            if matches!(want, v2::MessageType::Delay | v2::MessageType::Transaction) {
+            if want == v2::MessageType::Fifo && sp.message_group.as_deref().unwrap_or("").is_empty()
+            {
                 return fail(
-                    status(v2::Code::Unsupported, format!("{} messages are not supported yet", want.as_str_name())),
+                    status(
+                        v2::Code::IllegalMessageGroup,
+                        "FIFO messages need a message group",
+                    ),
                     n,
                 );
             }
-            let queue_id = if sp.queue_id >= 0 && (sp.queue_id as u32) < topic.queues && want != v2::MessageType::Fifo {
+            if matches!(want, v2::MessageType::Delay | v2::MessageType::Transaction) {
+                return fail(
+                    status(
+                        v2::Code::Unsupported,
+                        format!("{} messages are not supported yet", want.as_str_name()),
+                    ),
+                    n,
+                );
+            }
+            let queue_id = if sp.queue_id >= 0
+                && (sp.queue_id as u32) < topic.queues
+                && want != v2::MessageType::Fifo
+            {
                 sp.queue_id
             } else {
                 -1
@@ -433,14 +487,17 @@ impl MessagingSvc {
                 }
             }
             for (off, seq) in to_dlq {
-                self.dead_letter(node, group, &topic.name, q, off, seq).await?;
+                self.dead_letter(node, group, &topic.name, q, off, seq)
+                    .await?;
             }
             let blocked = fifo && state.inflight.values().any(|f| f.invisible_until_ms > now);
             let mut skip_to = state.next_offset;
             if !fifo || (!blocked && deliver.is_empty()) {
                 let room = batch.saturating_sub(out.len() + deliver.len());
                 if room > 0 {
-                    let (units, min, max) = node.sm.units(&topic.name, q, state.next_offset, room * 4 + 16);
+                    let (units, min, max) =
+                        node.sm
+                            .units(&topic.name, q, state.next_offset, room * 4 + 16);
                     let mut off = state.next_offset.max(min);
                     for u in units {
                         if deliver.len() + out.len() >= batch {
@@ -483,7 +540,15 @@ impl MessagingSvc {
     }
 
     /// Copy an exhausted message to the group's dead-letter topic, then ack it.
-    async fn dead_letter(&self, node: &Node, group: &str, topic: &str, queue: u32, offset: u64, seq: u64) -> Result<(), BrokerError> {
+    async fn dead_letter(
+        &self,
+        node: &Node,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        seq: u64,
+    ) -> Result<(), BrokerError> {
         let dlq = consume::dlq_topic(group);
         if node.sm.topic(&dlq).is_none() {
             node.propose(InternalCommand::UpsertTopic {
@@ -499,7 +564,11 @@ impl MessagingSvc {
         let (units, _, _) = node.sm.units(topic, queue, offset, 1);
         if let Some(u) = units.first() {
             let m = node.sm.message_at(u.pos, u.size)?;
-            let mut props: HashMap<String, String> = m.properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut props: HashMap<String, String> = m
+                .properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             props.insert("ORIGIN_TOPIC".into(), topic.to_string());
             props.insert("ORIGIN_QUEUE_OFFSET".into(), format!("{queue}:{offset}"));
             node.produce(pb::ProduceRequest {
@@ -542,15 +611,25 @@ impl Filter {
         let Some(f) = f else { return Ok(Filter::All) };
         let ty = v2::FilterType::try_from(f.r#type).unwrap_or(v2::FilterType::Unspecified);
         match ty {
-            v2::FilterType::Sql => Err(status(v2::Code::IllegalFilterExpression, "SQL92 filters are not supported yet")),
+            v2::FilterType::Sql => Err(status(
+                v2::Code::IllegalFilterExpression,
+                "SQL92 filters are not supported yet",
+            )),
             _ => {
                 let e = f.expression.trim();
                 if e.is_empty() || e == "*" {
                     return Ok(Filter::All);
                 }
-                let tags: Vec<String> = e.split("||").map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+                let tags: Vec<String> = e
+                    .split("||")
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect();
                 if tags.is_empty() {
-                    return Err(status(v2::Code::IllegalFilterExpression, format!("bad tag expression `{e}`")));
+                    return Err(status(
+                        v2::Code::IllegalFilterExpression,
+                        format!("bad tag expression `{e}`"),
+                    ));
                 }
                 Ok(Filter::Tags(tags))
             }
@@ -595,7 +674,11 @@ fn delivered(
             resource_namespace: ns.to_string(),
             name: topic.to_string(),
         }),
-        user_properties: m.properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        user_properties: m
+            .properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         system_properties: Some(v2::SystemProperties {
             tag: m.tag().map(str::to_string),
             keys: m.keys.iter().map(|k| k.to_string()).collect(),
@@ -638,7 +721,10 @@ fn receive_status(st: v2::Status) -> v2::ReceiveMessageResponse {
 
 #[tonic::async_trait]
 impl MessagingService for MessagingSvc {
-    async fn query_route(&self, req: Request<v2::QueryRouteRequest>) -> Result<Response<v2::QueryRouteResponse>, Status> {
+    async fn query_route(
+        &self,
+        req: Request<v2::QueryRouteRequest>,
+    ) -> Result<Response<v2::QueryRouteResponse>, Status> {
         let node = self.node()?;
         let r = req.into_inner();
         let Some(topic_res) = r.topic else {
@@ -649,7 +735,10 @@ impl MessagingService for MessagingSvc {
         };
         let Some(topic) = node.sm.topic(&topic_res.name) else {
             return Ok(Response::new(v2::QueryRouteResponse {
-                status: Some(status(v2::Code::TopicNotFound, format!("topic `{}` does not exist", topic_res.name))),
+                status: Some(status(
+                    v2::Code::TopicNotFound,
+                    format!("topic `{}` does not exist", topic_res.name),
+                )),
                 message_queues: vec![],
             }));
         };
@@ -674,7 +763,10 @@ impl MessagingService for MessagingSvc {
         }))
     }
 
-    async fn heartbeat(&self, _req: Request<v2::HeartbeatRequest>) -> Result<Response<v2::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        _req: Request<v2::HeartbeatRequest>,
+    ) -> Result<Response<v2::HeartbeatResponse>, Status> {
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
@@ -686,7 +778,9 @@ impl MessagingService for MessagingSvc {
         if let Ok(mut g) = self.clients.lock() {
             g.remove(&id);
         }
-        Ok(Response::new(v2::NotifyClientTerminationResponse { status: Some(ok()) }))
+        Ok(Response::new(v2::NotifyClientTerminationResponse {
+            status: Some(ok()),
+        }))
     }
 
     async fn telemetry(
@@ -723,16 +817,23 @@ impl MessagingService for MessagingSvc {
         Ok(Response::new(out))
     }
 
-    async fn send_message(&self, req: Request<v2::SendMessageRequest>) -> Result<Response<v2::SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        req: Request<v2::SendMessageRequest>,
+    ) -> Result<Response<v2::SendMessageResponse>, Status> {
         let node = self.node()?;
         match self.placement(&node, &req) {
             Ok(None) => {}
             Ok(Some(addr)) => {
                 let mut c = self.leader_client(&addr)?;
                 return match c.send_message(Self::forward_request(req)).await {
-                    Ok(r) => Ok(r),
+                    // Only the message: the leader's response headers must not be re-sent.
+                    Ok(r) => Ok(Response::new(r.into_inner())),
                     Err(e) => Ok(Response::new(v2::SendMessageResponse {
-                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        status: Some(status(
+                            v2::Code::HaNotAvailable,
+                            format!("leader {addr}: {}", e.message()),
+                        )),
                         entries: vec![],
                     })),
                 };
@@ -770,7 +871,10 @@ impl MessagingService for MessagingSvc {
         let r = req.into_inner();
         let group = r.group.as_ref().map(|g| g.name.clone()).unwrap_or_default();
         if group.is_empty() {
-            return Ok(Response::new(one(receive_status(status(v2::Code::IllegalConsumerGroup, "group is required")))));
+            return Ok(Response::new(one(receive_status(status(
+                v2::Code::IllegalConsumerGroup,
+                "group is required",
+            )))));
         }
         let mq = r.message_queue.clone().unwrap_or_default();
         let topic_res = mq.topic.clone().unwrap_or_default();
@@ -790,40 +894,64 @@ impl MessagingService for MessagingSvc {
             Ok(f) => f,
             Err(st) => return Ok(Response::new(one(receive_status(st)))),
         };
-        let invisible = r.invisible_duration.as_ref().map(dur).unwrap_or(DEFAULT_INVISIBLE);
+        let invisible = r
+            .invisible_duration
+            .as_ref()
+            .map(dur)
+            .unwrap_or(DEFAULT_INVISIBLE);
         if invisible.is_zero() && !r.auto_renew {
             return Ok(Response::new(one(receive_status(status(
                 v2::Code::IllegalInvisibleTime,
                 "invisible duration must be positive",
             )))));
         }
-        let poll = r.long_polling_timeout.as_ref().map(dur).unwrap_or(Duration::ZERO).min(MAX_LONG_POLL);
+        let poll = r
+            .long_polling_timeout
+            .as_ref()
+            .map(dur)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_LONG_POLL);
         let batch = r.batch_size.clamp(1, 1024) as usize;
         let first_queue = (mq.id.max(0) as u32) % topic.queues.max(1);
         let deadline = tokio::time::Instant::now() + poll;
         let mut applied = node.sm.subscribe_applied();
         loop {
-            match self.try_pop(&node, &group, &topic, first_queue, batch, &filter, invisible).await {
+            match self
+                .try_pop(
+                    &node,
+                    &group,
+                    &topic,
+                    first_queue,
+                    batch,
+                    &filter,
+                    invisible,
+                )
+                .await
+            {
                 Ok(Some(msgs)) => {
                     let host = node.config.advertise.clone();
                     let mut items = vec![Ok(receive_status(ok()))];
                     for (q, off, attempt, seq, m, _pos) in &msgs {
                         items.push(Ok(v2::ReceiveMessageResponse {
-                            content: Some(v2::receive_message_response::Content::Message(delivered(
-                                &topic_res.resource_namespace,
-                                &topic.name,
-                                *q,
-                                *off,
-                                *attempt,
-                                *seq,
-                                m,
-                                &host,
-                                invisible,
-                            ))),
+                            content: Some(v2::receive_message_response::Content::Message(
+                                delivered(
+                                    &topic_res.resource_namespace,
+                                    &topic.name,
+                                    *q,
+                                    *off,
+                                    *attempt,
+                                    *seq,
+                                    m,
+                                    &host,
+                                    invisible,
+                                ),
+                            )),
                         }));
                     }
                     items.push(Ok(v2::ReceiveMessageResponse {
-                        content: Some(v2::receive_message_response::Content::DeliveryTimestamp(ts(now_ms()))),
+                        content: Some(v2::receive_message_response::Content::DeliveryTimestamp(
+                            ts(now_ms()),
+                        )),
                     }));
                     return Ok(Response::new(Box::pin(futures::stream::iter(items))));
                 }
@@ -832,7 +960,10 @@ impl MessagingService for MessagingSvc {
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(Response::new(one(receive_status(status(v2::Code::MessageNotFound, "no new message")))));
+                return Ok(Response::new(one(receive_status(status(
+                    v2::Code::MessageNotFound,
+                    "no new message",
+                )))));
             }
             // Wake on a new applied entry, or in a while to catch expiring deliveries.
             let wake = (now + Duration::from_millis(200)).min(deadline);
@@ -840,16 +971,23 @@ impl MessagingService for MessagingSvc {
         }
     }
 
-    async fn ack_message(&self, req: Request<v2::AckMessageRequest>) -> Result<Response<v2::AckMessageResponse>, Status> {
+    async fn ack_message(
+        &self,
+        req: Request<v2::AckMessageRequest>,
+    ) -> Result<Response<v2::AckMessageResponse>, Status> {
         let node = self.node()?;
         match self.placement(&node, &req) {
             Ok(None) => {}
             Ok(Some(addr)) => {
                 let mut c = self.leader_client(&addr)?;
                 return match c.ack_message(Self::forward_request(req)).await {
-                    Ok(r) => Ok(r),
+                    // Only the message: the leader's response headers must not be re-sent.
+                    Ok(r) => Ok(Response::new(r.into_inner())),
                     Err(e) => Ok(Response::new(v2::AckMessageResponse {
-                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        status: Some(status(
+                            v2::Code::HaNotAvailable,
+                            format!("leader {addr}: {}", e.message()),
+                        )),
                         entries: vec![],
                     })),
                 };
@@ -879,7 +1017,10 @@ impl MessagingService for MessagingSvc {
                     };
                     match node.propose(cmd).await {
                         Ok(resp) if &resp.data[..] == b"ok" => ok(),
-                        Ok(_) => status(v2::Code::InvalidReceiptHandle, "receipt handle is stale (redelivered or acked)"),
+                        Ok(_) => status(
+                            v2::Code::InvalidReceiptHandle,
+                            "receipt handle is stale (redelivered or acked)",
+                        ),
                         Err(e) => error_status(&e),
                     }
                 }
@@ -914,10 +1055,17 @@ impl MessagingService for MessagingSvc {
             Ok(None) => {}
             Ok(Some(addr)) => {
                 let mut c = self.leader_client(&addr)?;
-                return match c.change_invisible_duration(Self::forward_request(req)).await {
-                    Ok(r) => Ok(r),
+                return match c
+                    .change_invisible_duration(Self::forward_request(req))
+                    .await
+                {
+                    // Only the message: the leader's response headers must not be re-sent.
+                    Ok(r) => Ok(Response::new(r.into_inner())),
                     Err(e) => Ok(Response::new(v2::ChangeInvisibleDurationResponse {
-                        status: Some(status(v2::Code::HaNotAvailable, format!("leader {addr}: {}", e.message()))),
+                        status: Some(status(
+                            v2::Code::HaNotAvailable,
+                            format!("leader {addr}: {}", e.message()),
+                        )),
                         receipt_handle: handle,
                     })),
                 };
@@ -938,10 +1086,19 @@ impl MessagingService for MessagingSvc {
             }))
         };
         let Some((queue, offset, seq)) = consume::decode_handle(&r.receipt_handle) else {
-            return reply(status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"), r.receipt_handle);
+            return reply(
+                status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"),
+                r.receipt_handle,
+            );
         };
         let Some(d) = r.invisible_duration.as_ref().map(dur) else {
-            return reply(status(v2::Code::IllegalInvisibleTime, "invisible duration is required"), r.receipt_handle);
+            return reply(
+                status(
+                    v2::Code::IllegalInvisibleTime,
+                    "invisible duration is required",
+                ),
+                r.receipt_handle,
+            );
         };
         let new_seq = self.next_seq();
         let cmd = InternalCommand::ChangeInvisible {
@@ -954,9 +1111,14 @@ impl MessagingService for MessagingSvc {
             new_seq,
         };
         match node.propose(cmd).await {
-            Ok(resp) if &resp.data[..] == b"ok" => reply(ok(), consume::encode_handle(queue, offset, new_seq)),
+            Ok(resp) if &resp.data[..] == b"ok" => {
+                reply(ok(), consume::encode_handle(queue, offset, new_seq))
+            }
             Ok(_) => reply(
-                status(v2::Code::InvalidReceiptHandle, "receipt handle is stale (redelivered or acked)"),
+                status(
+                    v2::Code::InvalidReceiptHandle,
+                    "receipt handle is stale (redelivered or acked)",
+                ),
                 r.receipt_handle,
             ),
             Err(e) => reply(error_status(&e), r.receipt_handle),
@@ -964,6 +1126,8 @@ impl MessagingService for MessagingSvc {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>) -> BoxStream<T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> BoxStream<T> {
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }

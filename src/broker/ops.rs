@@ -51,6 +51,8 @@ impl Forwarder {
 /// The original request of an internal write, kept to forward it unchanged.
 enum Fwd {
     Upsert(pb::TopicConfig),
+    UpsertGroup(pb::GroupConfig),
+    DeleteGroup(pb::DeleteGroupRequest),
     Delete(pb::DeleteTopicRequest),
     Offset(pb::CommitOffsetRequest),
 }
@@ -140,7 +142,10 @@ impl Node {
 
     /// Propose an internal command on this node, which must lead (callers forward whole
     /// requests to the leader first).
-    pub(crate) async fn propose(&self, cmd: InternalCommand) -> Result<CommandResponse, BrokerError> {
+    pub(crate) async fn propose(
+        &self,
+        cmd: InternalCommand,
+    ) -> Result<CommandResponse, BrokerError> {
         match self.write_internal(cmd).await? {
             Ok(r) => Ok(r),
             Err(_) => Err(BrokerError::NoLeader(self.config.group.clone())),
@@ -432,6 +437,14 @@ impl Node {
                 self.forwarded(id, addr, |mut c| async move { c.delete_topic(d).await })
                     .await
             }
+            Fwd::UpsertGroup(g) => {
+                self.forwarded(id, addr, |mut c| async move { c.upsert_group(g).await })
+                    .await
+            }
+            Fwd::DeleteGroup(g) => {
+                self.forwarded(id, addr, |mut c| async move { c.delete_group(g).await })
+                    .await
+            }
             Fwd::Offset(o) => {
                 self.forwarded(id, addr, |mut c| async move { c.commit_offset(o).await })
                     .await
@@ -492,6 +505,40 @@ impl Node {
                 })
                 .collect(),
         }
+    }
+
+    /// Create or update a consumer group.
+    pub async fn upsert_group(&self, g: pb::GroupConfig) -> Result<pb::AdminReply, BrokerError> {
+        if g.name.is_empty() || g.name.len() > 255 || g.name.contains(['\0', '/']) {
+            return Err(BrokerError::BadRequest(format!(
+                "bad group name `{}`",
+                g.name
+            )));
+        }
+        let mut cfg = crate::raft::consume::GroupConfig::default_for(&g.name);
+        if g.max_delivery_attempts > 0 {
+            cfg.max_delivery_attempts = g.max_delivery_attempts;
+        }
+        cfg.fifo = g.fifo;
+        self.internal(
+            InternalCommand::UpsertGroup { group: cfg },
+            Fwd::UpsertGroup(g),
+        )
+        .await
+    }
+
+    /// Delete a consumer group.
+    pub async fn delete_group(
+        &self,
+        g: pb::DeleteGroupRequest,
+    ) -> Result<pb::AdminReply, BrokerError> {
+        self.internal(
+            InternalCommand::DeleteGroup {
+                name: g.name.clone(),
+            },
+            Fwd::DeleteGroup(g),
+        )
+        .await
     }
 
     /// Commit a consumer group offset.

@@ -79,9 +79,7 @@ impl Target {
                 return None;
             }
         };
-        let ep = ep
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+        let ep = ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true);
         Some(Target {
             addr: addr.to_string(),
             client: NameserverClient::new(ep.connect_lazy()),

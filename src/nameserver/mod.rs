@@ -33,6 +33,9 @@ pub use route::GroupRoute;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer;
 use crate::proto::raftmq::nameserver::nameserver_server::NameserverServer;
 
+/// How long a shutdown waits for in-flight calls.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Default `--node-timeout-ms`: a node silent this long is dropped.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -131,11 +134,13 @@ impl Nameserver {
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new(config.node_timeout));
         let (shutdown, mut rx) = watch::channel(false);
-        let registry_svc = NameserverServer::new(service::RegistryService::new(Arc::clone(
-            &registry,
-        )));
-        let access_svc =
-            MessagingServiceServer::new(service::AccessPointService::new(Arc::clone(&registry)));
+        let streams_rx = rx.clone();
+        let registry_svc =
+            NameserverServer::new(service::RegistryService::new(Arc::clone(&registry)));
+        let access_svc = MessagingServiceServer::new(service::AccessPointService::new(
+            Arc::clone(&registry),
+            streams_rx,
+        ));
         let incoming = futures::stream::unfold(listener, |l| async move {
             let r = l.accept().await.map(|(s, _)| {
                 let _ = s.set_nodelay(true);
@@ -173,12 +178,17 @@ impl Nameserver {
         &self.registry
     }
 
-    /// Stop serving and wait for the server to finish.
-    pub async fn shutdown(self) -> Result<(), NameserverError> {
+    /// Stop serving: in-flight calls get [`SHUTDOWN_GRACE`] to finish, then the server is
+    /// stopped.
+    pub async fn shutdown(mut self) -> Result<(), NameserverError> {
         let _ = self.shutdown.send(true);
-        match self.server.await {
-            Ok(r) => r.map_err(NameserverError::from),
-            Err(e) => Err(NameserverError::Io(std::io::Error::other(e.to_string()))),
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.server).await {
+            Ok(Ok(r)) => r.map_err(NameserverError::from),
+            Ok(Err(e)) => Err(NameserverError::Io(std::io::Error::other(e.to_string()))),
+            Err(_) => {
+                self.server.abort();
+                Ok(())
+            }
         }
     }
 }

@@ -137,7 +137,10 @@ impl Registry {
 
     /// The groups holding `topic`, as routes (ordered by group name).
     pub fn group_routes(&self, topic: &str) -> Vec<GroupRoute> {
-        self.groups().iter().filter_map(|g| g.route(topic)).collect()
+        self.groups()
+            .iter()
+            .filter_map(|g| g.route(topic))
+            .collect()
     }
 
     /// Routes of `topics` (every topic if empty); topics no group holds are left out.
@@ -172,7 +175,9 @@ impl Registry {
 
 fn validate(r: &pb::NodeReport) -> Result<(), NameserverError> {
     if r.group.is_empty() {
-        return Err(NameserverError::BadRequest("group must not be empty".into()));
+        return Err(NameserverError::BadRequest(
+            "group must not be empty".into(),
+        ));
     }
     if r.addr.is_empty() {
         return Err(NameserverError::BadRequest("addr must not be empty".into()));

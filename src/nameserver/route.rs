@@ -225,9 +225,15 @@ mod tests {
     #[test]
     fn address_forms() {
         let (s, a) = parse_address("127.0.0.1:8081").unwrap();
-        assert_eq!((s, a.host.as_str(), a.port), (api::AddressScheme::IPv4, "127.0.0.1", 8081));
+        assert_eq!(
+            (s, a.host.as_str(), a.port),
+            (api::AddressScheme::IPv4, "127.0.0.1", 8081)
+        );
         let (s, a) = parse_address("[::1]:9").unwrap();
-        assert_eq!((s, a.host.as_str(), a.port), (api::AddressScheme::IPv6, "::1", 9));
+        assert_eq!(
+            (s, a.host.as_str(), a.port),
+            (api::AddressScheme::IPv6, "::1", 9)
+        );
         let (s, a) = parse_address("broker-0.raftmq.svc:8081").unwrap();
         assert_eq!(
             (s, a.host.as_str()),
@@ -280,7 +286,10 @@ mod tests {
         assert_eq!(qs[0].topic.as_ref(), Some(&topic));
         assert_eq!(qs[0].permission, api::Permission::ReadWrite as i32);
         assert_eq!(qs[2].permission, api::Permission::Read as i32);
-        assert_eq!(qs[0].accept_message_types, vec![api::MessageType::Fifo as i32]);
+        assert_eq!(
+            qs[0].accept_message_types,
+            vec![api::MessageType::Fifo as i32]
+        );
         let broker = qs[2].broker.as_ref().unwrap();
         assert_eq!((broker.name.as_str(), broker.id), ("g2", 0));
         assert_eq!(broker.endpoints.as_ref().unwrap().addresses.len(), 2);

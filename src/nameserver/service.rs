@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::registry::Registry;
@@ -76,12 +77,14 @@ impl Nameserver for RegistryService {
 /// [`Registry`].
 pub struct AccessPointService {
     registry: Arc<Registry>,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl AccessPointService {
-    /// A service over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        AccessPointService { registry }
+    /// A service over `registry`; its `Telemetry` streams end when `shutdown` turns true (so
+    /// a graceful server shutdown does not wait for clients to close them).
+    pub fn new(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) -> Self {
+        AccessPointService { registry, shutdown }
     }
 }
 
@@ -131,6 +134,7 @@ impl MessagingService for AccessPointService {
         req: Request<Streaming<api::TelemetryCommand>>,
     ) -> Result<Response<tonic::codegen::BoxStream<api::TelemetryCommand>>, Status> {
         let inbound = req.into_inner();
+        let mut shutdown = self.shutdown.clone();
         // One reply per settings command, at once; other client commands need no answer. The
         // stream stays open until the client closes its side.
         let out = inbound
@@ -143,6 +147,9 @@ impl MessagingService for AccessPointService {
                     }) => Some(Ok(settings_reply(s))),
                     _ => None,
                 }
+            })
+            .take_until(async move {
+                let _ = shutdown.wait_for(|s| *s).await;
             });
         Ok(Response::new(Box::pin(out)))
     }

@@ -85,7 +85,10 @@ fn is_consumer(t: Option<i32>) -> bool {
 pub fn effective_settings(client: api::Settings) -> Result<api::Settings, String> {
     let mut s = client;
     if s.pub_sub.is_none() {
-        s.pub_sub = match s.client_type.and_then(|t| api::ClientType::try_from(t).ok()) {
+        s.pub_sub = match s
+            .client_type
+            .and_then(|t| api::ClientType::try_from(t).ok())
+        {
             Some(api::ClientType::Producer) => Some(PubSub::Publishing(api::Publishing::default())),
             _ if is_consumer(s.client_type) => {
                 Some(PubSub::Subscription(api::Subscription::default()))

@@ -44,7 +44,11 @@ pub struct QueueState {
 impl QueueState {
     /// Everything below this offset is consumed.
     pub fn ack_offset(&self) -> u64 {
-        self.inflight.keys().next().copied().unwrap_or(self.next_offset)
+        self.inflight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_offset)
     }
 }
 
@@ -159,7 +163,14 @@ impl ConsumeState {
     }
 
     /// Apply an ack of delivery `seq` of `offset`.
-    pub fn apply_ack(&mut self, group: &str, topic: &str, queue: u32, offset: u64, seq: u64) -> HandleOutcome {
+    pub fn apply_ack(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        seq: u64,
+    ) -> HandleOutcome {
         let q = self.queue_mut(group, topic, queue);
         match q.inflight.get(&offset) {
             Some(f) if f.seq == seq => {
@@ -249,7 +260,10 @@ mod tests {
         assert_eq!(decode_handle("garbage"), None);
         let mut bad = h.clone().into_bytes();
         bad[3] = b'9';
-        assert_eq!(decode_handle(&String::from_utf8(bad).unwrap_or_default()), None);
+        assert_eq!(
+            decode_handle(&String::from_utf8(bad).unwrap_or_default()),
+            None
+        );
     }
 
     #[test]
@@ -282,8 +296,14 @@ mod tests {
             invisible_until_ms: 2000,
             seq: 8,
         });
-        assert_eq!(s.apply_change_invisible("g", "t", 0, 2, 7, 5000, 9), HandleOutcome::Stale);
-        assert_eq!(s.apply_change_invisible("g", "t", 0, 2, 8, 5000, 9), HandleOutcome::Ok);
+        assert_eq!(
+            s.apply_change_invisible("g", "t", 0, 2, 7, 5000, 9),
+            HandleOutcome::Stale
+        );
+        assert_eq!(
+            s.apply_change_invisible("g", "t", 0, 2, 8, 5000, 9),
+            HandleOutcome::Ok
+        );
         assert_eq!(s.apply_ack("g", "t", 0, 2, 9), HandleOutcome::Ok);
         assert_eq!(s.queue("g", "t", 0).map(|q| q.ack_offset()), Some(3));
         // Filtered messages are skipped without being in flight.

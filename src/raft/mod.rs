@@ -4,8 +4,8 @@
 //! openraft is pinned to `=0.10.0-alpha.37`; its API is unstable, so everything that names
 //! openraft types lives in this module and the rest of the crate talks to our own types.
 
-pub mod grpc;
 pub mod consume;
+pub mod grpc;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

@@ -681,7 +681,12 @@ impl SmCore {
                 queue,
                 offset,
                 seq,
-            } => outcome(inner.state.consume.apply_ack(&group, &topic, queue, offset, seq)),
+            } => outcome(
+                inner
+                    .state
+                    .consume
+                    .apply_ack(&group, &topic, queue, offset, seq),
+            ),
             InternalCommand::ChangeInvisible {
                 group,
                 topic,
@@ -735,7 +740,11 @@ impl SmHandle {
 
     /// The place of a message id recently stored in `topic`.
     pub fn find_duplicate(&self, topic: &str, id: &str) -> Option<Place> {
-        self.read()?.state.dedupe.get(&dedupe_key(topic, id)).cloned()
+        self.read()?
+            .state
+            .dedupe
+            .get(&dedupe_key(topic, id))
+            .cloned()
     }
 
     /// Changes whenever an entry is applied (long polling waits on it).
@@ -752,7 +761,8 @@ impl SmHandle {
 
     /// Whether a group was configured explicitly.
     pub fn group_exists(&self, name: &str) -> bool {
-        self.read().is_some_and(|g| g.state.consume.groups.contains_key(name))
+        self.read()
+            .is_some_and(|g| g.state.consume.groups.contains_key(name))
     }
 
     /// All configured groups.
@@ -763,14 +773,25 @@ impl SmHandle {
     }
 
     /// Delivery state of one queue for a group.
-    pub fn queue_state(&self, group: &str, topic: &str, queue: u32) -> crate::raft::consume::QueueState {
+    pub fn queue_state(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+    ) -> crate::raft::consume::QueueState {
         self.read()
             .and_then(|g| g.state.consume.queue(group, topic, queue).cloned())
             .unwrap_or_default()
     }
 
     /// ConsumeQueue units of one queue from `from` (at most `max`), with min and max offsets.
-    pub fn units(&self, topic: &str, queue: u32, from: u64, max: usize) -> (Vec<crate::storage::consumequeue::CqUnit>, u64, u64) {
+    pub fn units(
+        &self,
+        topic: &str,
+        queue: u32,
+        from: u64,
+        max: usize,
+    ) -> (Vec<crate::storage::consumequeue::CqUnit>, u64, u64) {
         let Some(g) = self.read() else {
             return (Vec::new(), 0, 0);
         };
@@ -783,7 +804,8 @@ impl SmHandle {
     /// The message a ConsumeQueue unit points at.
     pub fn message_at(&self, pos: u64, size: u32) -> Result<MessageView, StoreError> {
         let bytes = self.core.log.read_bytes(pos, size as usize)?;
-        message::decode_one(&bytes).map_err(|e| StoreError::corrupt("commitlog", pos, format!("message: {e}")))
+        message::decode_one(&bytes)
+            .map_err(|e| StoreError::corrupt("commitlog", pos, format!("message: {e}")))
     }
 
     /// A consumer group's committed offset.

@@ -42,6 +42,11 @@ use super::index::{IndexFiles, Slot};
 use super::record::{self, DecodeError, HEADER_LEN, PAD_MAGIC, Record, RecordId, RecordKind};
 use super::segment::Segment;
 
+/// How far past the first bad position recovery looks for valid records (mid-log damage)
+/// and for torn bytes to zero. A torn tail is at most the last unsynced batch; damage in
+/// the middle of the log is also caught through the record's own length and the index.
+const RECOVERY_WINDOW: u64 = 16 << 20;
+
 /// File recording where an emptied log restarts (`<next index> <next position>`).
 const ANCHOR: &str = "ANCHOR";
 
@@ -396,7 +401,8 @@ impl CommitLog {
                     if seg_size - off >= 4 {
                         let wp = st.write_pos;
                         let seg = self.ensure_segment(&mut st, wp)?;
-                        seg.write(off, &PAD_MAGIC.to_le_bytes());
+                        seg.write_vectored(off, &[&PAD_MAGIC.to_le_bytes()])
+                            .map_err(|e| StoreError::io(seg.path(), e))?;
                         push_dirty(&mut dirty, &seg, off, off + 4);
                     }
                     st.write_pos += seg_size - off;
@@ -412,13 +418,13 @@ impl CommitLog {
                         return Err(e);
                     }
                 };
-                record::encode_into(
-                    seg.region_mut(off, total as usize),
-                    r.kind,
-                    r.id,
-                    pos,
-                    r.payload,
-                );
+                let header = record::encode_header(r.kind, r.id, pos, r.payload);
+                if let Err(e) = seg.write_vectored(off, &[&header, r.payload]) {
+                    // Space is preallocated, so this is an I/O failure: the record may be
+                    // partial (recovery cuts it); this process must not go on appending.
+                    self.poison(format!("write to {} failed: {e}", seg.path().display()));
+                    return Err(StoreError::io(seg.path(), e));
+                }
                 push_dirty(&mut dirty, &seg, off, off + total);
                 let slot = Slot {
                     pos,
@@ -972,7 +978,10 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
     };
 
     // Is the stop a torn tail or damage in the middle? Any valid record after it decides.
-    if let Some(found) = find_valid_after(&st.segments, stop, seg_size) {
+    let expected = last.map(|(id, _)| id.index + 1);
+    let found = find_valid_after(&st.segments, stop, seg_size, Some(RECOVERY_WINDOW))
+        .or_else(|| expected.and_then(|e| indexed_record_after(st, e, stop, seg_size)));
+    if let Some(found) = found {
         let seg = &st.segments[&stop.base];
         let found_seg = &st.segments[&found.base];
         let why = match record::decode(&seg.bytes()[stop.off as usize..], stop.base + stop.off) {
@@ -991,7 +1000,7 @@ fn recover(cfg: &CommitLogConfig, st: &mut State, report: &mut RecoveryReport) -
     }
     // Torn tail (or clean end): zero whatever non-zero bytes follow the stop point.
     let seg = Arc::clone(&st.segments[&stop.base]);
-    let end = last_nonzero(seg.bytes(), stop.off);
+    let end = last_nonzero(seg.bytes(), stop.off, RECOVERY_WINDOW);
     if end > stop.off {
         report.torn_tail_at = Some((seg.path().to_path_buf(), stop.off));
         report.torn_bytes = end - stop.off;
@@ -1130,12 +1139,20 @@ fn find_valid_after(
     segments: &BTreeMap<u64, Arc<Segment>>,
     stop: Cursor,
     seg_size: u64,
+    window: Option<u64>,
 ) -> Option<Cursor> {
     let magic0 = record::RECORD_MAGIC.to_le_bytes()[0];
     for (&base, seg) in segments.range(stop.base..) {
         let bytes = seg.bytes();
-        let mut p = if base == stop.base { stop.off + 1 } else { 0 } as usize;
-        let limit = (seg_size as usize).saturating_sub(HEADER_LEN);
+        let start = if base == stop.base { stop.off + 1 } else { 0 };
+        let mut p = start as usize;
+        let mut limit = (seg_size as usize).saturating_sub(HEADER_LEN);
+        if let Some(w) = window {
+            // Recovery: a bounded scan after the stop point; a later segment can only hold
+            // data from its first byte on, so its first record is all that is checked.
+            let w = if base == stop.base { w } else { 1 };
+            limit = limit.min((start + w) as usize);
+        }
         while p <= limit {
             match bytes[p..=limit].iter().position(|b| *b == magic0) {
                 None => break,
@@ -1153,9 +1170,28 @@ fn find_valid_after(
     None
 }
 
-/// One past the last non-zero byte at or after `from` (or `from` if all zero).
-fn last_nonzero(bytes: &[u8], from: u64) -> u64 {
-    let tail = &bytes[from as usize..];
+/// Index slots written before a crash can name records beyond the stop point that a bounded
+/// scan would not reach: if one of the next few indexes points at a valid record past the
+/// stop, the log continues after damage.
+fn indexed_record_after(st: &State, expected: u64, stop: Cursor, seg_size: u64) -> Option<Cursor> {
+    let stop_abs = stop.base + stop.off;
+    (expected..expected + 8).find_map(|i| {
+        let s = st.index.get(i)?;
+        if s.pos <= stop_abs {
+            return None;
+        }
+        let base = s.pos - s.pos % seg_size;
+        let seg = st.segments.get(&base)?;
+        let off = s.pos - base;
+        let h = record::decode(seg.bytes().get(off as usize..)?, s.pos).ok()?;
+        (h.id.index == i).then_some(Cursor { base, off })
+    })
+}
+
+/// One past the last non-zero byte in `from..from + window` (or `from` if all zero).
+fn last_nonzero(bytes: &[u8], from: u64, window: u64) -> u64 {
+    let end = (from.saturating_add(window) as usize).min(bytes.len());
+    let tail = &bytes[from as usize..end];
     const CHUNK: usize = 64 * 1024;
     let mut end = tail.len();
     while end > 0 {
@@ -1261,7 +1297,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     };
     let (at, why) = stop;
     let seg = &segments[&at.base];
-    if let Some(found) = find_valid_after(&segments, at, seg_size) {
+    if let Some(found) = find_valid_after(&segments, at, seg_size, None) {
         out.problems.push(format!(
             "{} offset {}: {}; a valid record follows at {} offset {}",
             seg.path().display(),
@@ -1270,7 +1306,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
             segments[&found.base].path().display(),
             found.off
         ));
-    } else if at.off < seg_size && last_nonzero(seg.bytes(), at.off) > at.off {
+    } else if at.off < seg_size && last_nonzero(seg.bytes(), at.off, seg_size) > at.off {
         out.torn_tail = Some(format!(
             "{} offset {}: {} (a torn tail; opening the store cuts it)",
             seg.path().display(),
