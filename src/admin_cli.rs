@@ -118,8 +118,74 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: TopicCmd,
     },
+    /// Consumer groups: create, update, delete, list (written to every broker group).
+    Group {
+        /// The consumer-group command.
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Every group's nodes: role, term, leader, commit/applied index, lag, version.
     Cluster,
+}
+
+/// `raftmq admin group` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum GroupCmd {
+    /// Create a consumer group on every broker group.
+    Create(GroupSpec),
+    /// Change a consumer group on every broker group (creates it where missing).
+    Update(GroupSpec),
+    /// Delete a consumer group (configuration and delivery state) from every broker group.
+    Delete {
+        /// Consumer group name.
+        name: String,
+    },
+    /// Every consumer group with its settings per broker group.
+    List,
+}
+
+/// A consumer group's settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GroupSpec {
+    /// Consumer group name.
+    pub name: String,
+    /// Deliveries before a message goes to `%DLQ%<name>` (default 17).
+    #[arg(long, default_value_t = 17)]
+    pub max_attempts: u32,
+    /// Orderly consumption: a queue's next message only after the previous one is acked.
+    #[arg(long)]
+    pub fifo: bool,
+}
+
+/// Output of `group create|update|delete`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerGroupWrite {
+    /// Consumer group name.
+    pub name: String,
+    /// Every broker group succeeded.
+    pub ok: bool,
+    /// Per broker group.
+    pub groups: Vec<GroupWrite>,
+}
+
+/// Output of `group list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerGroupList {
+    /// Consumer groups: name, max delivery attempts, fifo, and the broker groups holding it.
+    pub consumer_groups: Vec<ConsumerGroupOut>,
+}
+
+/// One consumer group in `group list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerGroupOut {
+    /// Name.
+    pub name: String,
+    /// Max delivery attempts.
+    pub max_delivery_attempts: u32,
+    /// Orderly consumption.
+    pub fifo: bool,
+    /// Broker groups that have it.
+    pub broker_groups: Vec<String>,
 }
 
 /// `raftmq admin topic` commands.
@@ -758,12 +824,139 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
                 })
             }
         },
+        AdminCmd::Group { cmd } => consumer_group(&ctx, cmd).await,
         AdminCmd::Cluster => {
             let out = cluster(&ctx).await?;
             Ok(Output {
                 ok: true,
                 text: render(json, &out, cluster_table)?,
             })
+        }
+    }
+}
+
+async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> {
+    let json = ctx.args.json;
+    let groups = ctx.groups().await?;
+    let write_table = |w: &ConsumerGroupWrite| {
+        let rows: Vec<Vec<String>> = w
+            .groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.group.clone(),
+                    if g.ok { "ok".into() } else { "FAILED".into() },
+                    g.via.clone().unwrap_or_default(),
+                    g.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        format!(
+            "consumer group {}\n{}",
+            w.name,
+            table(&["GROUP", "RESULT", "VIA", "ERROR"], &rows)
+        )
+    };
+    match cmd {
+        GroupCmd::Create(spec) | GroupCmd::Update(spec) => {
+            let mut out = Vec::new();
+            for g in &groups {
+                let req = apb::GroupConfig {
+                    name: spec.name.clone(),
+                    max_delivery_attempts: spec.max_attempts,
+                    fifo: spec.fifo,
+                };
+                out.push(
+                    ctx.write_group(g, |mut c| {
+                        let req = req.clone();
+                        async move { c.upsert_group(req).await }
+                    })
+                    .await,
+                );
+            }
+            let w = ConsumerGroupWrite {
+                name: spec.name,
+                ok: !out.is_empty() && out.iter().all(|g| g.ok),
+                groups: out,
+            };
+            Ok(Output {
+                ok: w.ok,
+                text: if json {
+                    format!("{}\n", serde_json::to_string_pretty(&w)?)
+                } else {
+                    write_table(&w)
+                },
+            })
+        }
+        GroupCmd::Delete { name } => {
+            let mut out = Vec::new();
+            for g in &groups {
+                let req = apb::DeleteGroupRequest { name: name.clone() };
+                out.push(
+                    ctx.write_group(g, |mut c| {
+                        let req = req.clone();
+                        async move { c.delete_group(req).await }
+                    })
+                    .await,
+                );
+            }
+            let w = ConsumerGroupWrite {
+                name,
+                ok: !out.is_empty() && out.iter().all(|g| g.ok),
+                groups: out,
+            };
+            Ok(Output {
+                ok: w.ok,
+                text: if json {
+                    format!("{}\n", serde_json::to_string_pretty(&w)?)
+                } else {
+                    write_table(&w)
+                },
+            })
+        }
+        GroupCmd::List => {
+            let mut by_name: BTreeMap<String, ConsumerGroupOut> = BTreeMap::new();
+            for g in &groups {
+                for addr in g.targets() {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                        continue;
+                    };
+                    let Ok(r) = c.list_groups(apb::ListGroupsRequest {}).await else {
+                        continue;
+                    };
+                    for cg in r.into_inner().groups {
+                        let e = by_name.entry(cg.name.clone()).or_insert(ConsumerGroupOut {
+                            name: cg.name,
+                            max_delivery_attempts: cg.max_delivery_attempts,
+                            fifo: cg.fifo,
+                            broker_groups: Vec::new(),
+                        });
+                        e.broker_groups.push(g.name.clone());
+                    }
+                    break;
+                }
+            }
+            let l = ConsumerGroupList {
+                consumer_groups: by_name.into_values().collect(),
+            };
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&l)?)
+            } else {
+                let rows: Vec<Vec<String>> = l
+                    .consumer_groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.name.clone(),
+                            g.max_delivery_attempts.to_string(),
+                            g.fifo.to_string(),
+                            g.broker_groups.join(","),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "MAX ATTEMPTS", "FIFO", "BROKER GROUPS"], &rows)
+            };
+            Ok(Output { ok: true, text })
         }
     }
 }

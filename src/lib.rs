@@ -7,5 +7,6 @@ pub mod admin_cli;
 pub mod broker;
 pub mod nameserver;
 pub mod proto;
+pub mod protocol;
 pub mod raft;
 pub mod storage;

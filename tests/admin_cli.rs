@@ -76,10 +76,12 @@ fn wait_cluster(env: &Env) -> (u64, String) {
         if n2.len() != 1 || n2[0]["role"] != "leader" {
             return None;
         }
-        // Shape of every node entry.
+        // Every node has applied something (numbers rather than nulls everywhere).
         for n in nodes.iter().chain(n2) {
             for k in ["committed", "applied", "last_log_index", "lag", "age_ms"] {
-                assert!(n[k].is_u64(), "{k} must be a number: {n}");
+                if !n[k].is_u64() {
+                    return None;
+                }
             }
             assert!(n["version"].is_string() && n["addr"].is_string());
         }

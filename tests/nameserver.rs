@@ -277,24 +277,8 @@ async fn query_route_and_telemetry_over_grpc() {
         r.status.as_ref().map(|s| s.code),
         Some(api::Code::Ok as i32)
     );
-    let got: Vec<(String, i32)> = r
-        .message_queues
-        .iter()
-        .map(|q| {
-            (
-                q.broker
-                    .as_ref()
-                    .map(|b| b.name.clone())
-                    .unwrap_or_default(),
-                q.id,
-            )
-        })
-        .collect();
-    let want: Vec<(String, i32)> = [("g1", 0), ("g1", 1), ("g2", 0), ("g2", 1), ("g2", 2)]
-        .iter()
-        .map(|(g, i)| (g.to_string(), *i))
-        .collect();
-    assert_eq!(got, want);
+    // One broker entry per live member (leader first), each with that member only.
+    let mut got: Vec<(String, String, i32)> = Vec::new();
     for q in &r.message_queues {
         assert_eq!(
             q.topic.as_ref(),
@@ -310,21 +294,29 @@ async fn query_route_and_telemetry_over_grpc() {
         assert_eq!(b.id, 0);
         let e = b.endpoints.as_ref().expect("endpoints");
         assert_eq!(e.scheme, api::AddressScheme::IPv4 as i32);
-        let addrs: Vec<String> = e
-            .addresses
-            .iter()
-            .map(|a| format!("{}:{}", a.host, a.port))
-            .collect();
-        if b.name == "g1" {
-            assert_eq!(addrs.len(), 3);
-            assert_eq!(addrs[0], env.addr("g1", l1), "leader first");
-            for id in 1..=3 {
-                assert!(addrs.contains(&env.addr("g1", id)));
-            }
-        } else {
-            assert_eq!(addrs, vec![env.addr("g2", 1)]);
+        assert_eq!(e.addresses.len(), 1, "one member per broker entry");
+        let addr = format!("{}:{}", e.addresses[0].host, e.addresses[0].port);
+        let group = b.name.split('@').next().unwrap_or_default().to_string();
+        assert_eq!(b.name, format!("{group}@{addr}"));
+        got.push((group, addr, q.id));
+    }
+    assert_eq!(
+        got[0],
+        ("g1".to_string(), env.addr("g1", l1), 0),
+        "leader first"
+    );
+    let mut want: Vec<(String, String, i32)> = Vec::new();
+    for id in 1..=3 {
+        for q in 0..2 {
+            want.push(("g1".into(), env.addr("g1", id), q));
         }
     }
+    for q in 0..3 {
+        want.push(("g2".into(), env.addr("g2", 1), q));
+    }
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
 
     // A read-only normal topic.
     let r = c

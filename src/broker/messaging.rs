@@ -38,13 +38,15 @@ use crate::proto::apache::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
 };
 use crate::proto::raftmq::admin as pb;
+use crate::protocol::route::{self, GroupRoute};
+use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, Perm, TopicConfig, TopicMessageType};
 use crate::storage::consumequeue::tag_hash;
 use crate::storage::message::{MessageType, MessageView};
 
 /// Largest message body accepted (advertised to clients in the Settings reply).
-pub const MAX_BODY_SIZE: usize = 4 << 20;
+pub const MAX_BODY_SIZE: usize = settings::MAX_BODY_SIZE as usize;
 /// Invisible duration used when a request does not give one.
 const DEFAULT_INVISIBLE: Duration = Duration::from_secs(30);
 /// Upper bound of a receive's long polling.
@@ -106,103 +108,32 @@ fn md5_hex(b: &[u8]) -> String {
     d.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// `host:port` → Address with the scheme the host form needs.
-pub fn endpoints(addrs: &[String]) -> v2::Endpoints {
-    let mut scheme = v2::AddressScheme::IPv4;
-    let addresses = addrs
-        .iter()
-        .filter_map(|a| {
-            let (host, port) = a.rsplit_once(':')?;
-            let port: i32 = port.parse().ok()?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.parse::<std::net::Ipv6Addr>().is_ok() {
-                scheme = v2::AddressScheme::IPv6;
-            } else if host.parse::<std::net::Ipv4Addr>().is_err() {
-                scheme = v2::AddressScheme::DomainName;
-            }
-            Some(v2::Address {
-                host: host.to_string(),
-                port,
-            })
-        })
-        .collect();
-    v2::Endpoints {
-        scheme: scheme as i32,
-        addresses,
-    }
-}
-
-fn topic_type(t: TopicMessageType) -> v2::MessageType {
-    match t {
-        TopicMessageType::Normal => v2::MessageType::Normal,
-        TopicMessageType::Fifo => v2::MessageType::Fifo,
-        TopicMessageType::Delay => v2::MessageType::Delay,
-        TopicMessageType::Transaction => v2::MessageType::Transaction,
-    }
-}
-
-fn permission(p: Perm) -> v2::Permission {
-    match p {
-        Perm::ReadWrite => v2::Permission::ReadWrite,
-        Perm::Read => v2::Permission::Read,
-        Perm::Write => v2::Permission::Write,
-    }
-}
-
-/// The reply to a client's Settings: the settings echoed with the server's values filled in.
-pub fn settings_reply(mut s: v2::Settings) -> v2::TelemetryCommand {
-    let backoff = v2::RetryPolicy {
-        max_attempts: 3,
-        strategy: Some(v2::retry_policy::Strategy::ExponentialBackoff(
-            v2::ExponentialBackoff {
-                initial: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 10_000_000,
-                }),
-                max: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-                multiplier: 2.0,
-            },
-        )),
-    };
-    match &mut s.pub_sub {
-        Some(v2::settings::PubSub::Publishing(p)) => {
-            p.max_body_size = MAX_BODY_SIZE as i32;
-            p.validate_message_type = true;
-            s.backoff_policy = Some(backoff);
-        }
-        Some(v2::settings::PubSub::Subscription(sub)) => {
-            sub.receive_batch_size = Some(32);
-            sub.long_polling_timeout = Some(prost_types::Duration {
-                seconds: 20,
-                nanos: 0,
-            });
-            if sub.fifo.is_none() {
-                sub.fifo = Some(false);
-            }
-            s.backoff_policy = Some(v2::RetryPolicy {
-                max_attempts: 17,
-                ..backoff
-            });
-        }
-        None => s.backoff_policy = Some(backoff),
-    }
-    s.metric = Some(v2::Metric {
-        on: false,
-        endpoints: None,
-    });
-    v2::TelemetryCommand {
-        status: Some(ok()),
-        command: Some(v2::telemetry_command::Command::Settings(s)),
-    }
-}
-
 /// One client known through Telemetry, keyed by `x-mq-client-id`.
 #[derive(Debug, Clone, Default)]
 struct ClientSession {
     settings: Option<v2::Settings>,
+}
+
+/// Serialises picking for one (group, topic) on the leader.
+type PickLock = Arc<AsyncMutex<()>>;
+
+/// One message handed out by a receive.
+struct Delivery {
+    queue: u32,
+    offset: u64,
+    attempt: u32,
+    seq: u64,
+    msg: MessageView,
+}
+
+/// What a receive asks for.
+struct PopRequest<'a> {
+    group: &'a str,
+    topic: &'a TopicConfig,
+    first_queue: u32,
+    batch: usize,
+    filter: &'a Filter,
+    invisible: Duration,
 }
 
 /// The MessagingService of one node.
@@ -212,7 +143,7 @@ pub struct MessagingSvc {
     leader_clients: std::sync::Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
     /// One receive at a time per (group, topic) on the leader: picking and recording a
     /// delivery must not interleave with another pick.
-    pick_locks: std::sync::Mutex<HashMap<(String, String), Arc<AsyncMutex<()>>>>,
+    pick_locks: std::sync::Mutex<HashMap<(String, String), PickLock>>,
     seq: AtomicU64,
 }
 
@@ -362,7 +293,7 @@ impl MessagingSvc {
             }
             let sent_type =
                 v2::MessageType::try_from(sp.message_type).unwrap_or(v2::MessageType::Unspecified);
-            let want = topic_type(topic.message_type);
+            let want = route::message_type(topic.message_type);
             let sent_type = if sent_type == v2::MessageType::Unspecified {
                 if sp.message_group.is_some() {
                     v2::MessageType::Fifo
@@ -447,13 +378,16 @@ impl MessagingSvc {
     async fn try_pop(
         &self,
         node: &Node,
-        group: &str,
-        topic: &TopicConfig,
-        first_queue: u32,
-        batch: usize,
-        filter: &Filter,
-        invisible: Duration,
-    ) -> Result<Option<Vec<(u32, u64, u32, u64, MessageView, u64)>>, BrokerError> {
+        r: &PopRequest<'_>,
+    ) -> Result<Option<Vec<Delivery>>, BrokerError> {
+        let PopRequest {
+            group,
+            topic,
+            first_queue,
+            batch,
+            filter,
+            invisible,
+        } = *r;
         let lock = self.pick_lock(group, &topic.name);
         let _g = lock.lock().await;
         let gc = node.sm.group_config(group);
@@ -533,7 +467,13 @@ impl MessagingSvc {
                 let (units, _, _) = node.sm.units(&topic.name, q, off, 1);
                 let Some(u) = units.first() else { continue };
                 let m = node.sm.message_at(u.pos, u.size)?;
-                out.push((q, off, attempt, seq, m, u.pos));
+                out.push(Delivery {
+                    queue: q,
+                    offset: off,
+                    attempt,
+                    seq,
+                    msg: m,
+                });
             }
         }
         Ok(if out.is_empty() { None } else { Some(out) })
@@ -654,14 +594,11 @@ impl Filter {
 fn delivered(
     ns: &str,
     topic: &str,
-    q: u32,
-    offset: u64,
-    attempt: u32,
-    seq: u64,
-    m: &MessageView,
+    d: &Delivery,
     store_host: &str,
     invisible: Duration,
 ) -> v2::Message {
+    let (q, offset, attempt, seq, m) = (d.queue, d.offset, d.attempt, d.seq, &d.msg);
     let message_type = match m.msg_type {
         MessageType::Fifo => v2::MessageType::Fifo,
         MessageType::Delay => v2::MessageType::Delay,
@@ -733,34 +670,20 @@ impl MessagingService for MessagingSvc {
                 message_queues: vec![],
             }));
         };
-        let Some(topic) = node.sm.topic(&topic_res.name) else {
-            return Ok(Response::new(v2::QueryRouteResponse {
-                status: Some(status(
-                    v2::Code::TopicNotFound,
-                    format!("topic `{}` does not exist", topic_res.name),
-                )),
-                message_queues: vec![],
-            }));
-        };
-        let members = node.member_addresses();
-        let eps = endpoints(&members);
-        let queues = (0..topic.queues)
-            .map(|q| v2::MessageQueue {
-                topic: Some(topic_res.clone()),
-                id: q as i32,
-                permission: permission(topic.perm) as i32,
-                broker: Some(v2::Broker {
-                    name: node.config.group.clone(),
-                    id: 0,
-                    endpoints: Some(eps.clone()),
-                }),
-                accept_message_types: vec![topic_type(topic.message_type) as i32],
+        let groups: Vec<GroupRoute> = node
+            .sm
+            .topic(&topic_res.name)
+            .map(|t| {
+                vec![GroupRoute::new(
+                    &node.config.group,
+                    &t,
+                    node.member_addresses(),
+                )]
             })
-            .collect();
-        Ok(Response::new(v2::QueryRouteResponse {
-            status: Some(ok()),
-            message_queues: queues,
-        }))
+            .unwrap_or_default();
+        Ok(Response::new(route::query_route_response(
+            &topic_res, &groups,
+        )))
     }
 
     async fn heartbeat(
@@ -916,36 +839,28 @@ impl MessagingService for MessagingSvc {
         let deadline = tokio::time::Instant::now() + poll;
         let mut applied = node.sm.subscribe_applied();
         loop {
-            match self
-                .try_pop(
-                    &node,
-                    &group,
-                    &topic,
-                    first_queue,
-                    batch,
-                    &filter,
-                    invisible,
-                )
-                .await
-            {
+            let pr = PopRequest {
+                group: &group,
+                topic: &topic,
+                first_queue,
+                batch,
+                filter: &filter,
+                invisible,
+            };
+            match self.try_pop(&node, &pr).await {
                 Ok(Some(msgs)) => {
                     let host = node.config.advertise.clone();
                     let mut items = vec![Ok(receive_status(ok()))];
-                    for (q, off, attempt, seq, m, _pos) in &msgs {
+                    for d in &msgs {
+                        let m = delivered(
+                            &topic_res.resource_namespace,
+                            &topic.name,
+                            d,
+                            &host,
+                            invisible,
+                        );
                         items.push(Ok(v2::ReceiveMessageResponse {
-                            content: Some(v2::receive_message_response::Content::Message(
-                                delivered(
-                                    &topic_res.resource_namespace,
-                                    &topic.name,
-                                    *q,
-                                    *off,
-                                    *attempt,
-                                    *seq,
-                                    m,
-                                    &host,
-                                    invisible,
-                                ),
-                            )),
+                            content: Some(v2::receive_message_response::Content::Message(m)),
                         }));
                     }
                     items.push(Ok(v2::ReceiveMessageResponse {

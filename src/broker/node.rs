@@ -387,14 +387,17 @@ impl Node {
         self.shutdown.subscribe()
     }
 
-    /// Addresses of every member of the group (voters and learners), from the membership.
+    /// Addresses of every member of the group (voters and learners), leader first.
     pub fn member_addresses(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow_watched().clone();
-        m.membership_config
+        let mut v: Vec<(bool, String)> = m
+            .membership_config
             .membership()
             .nodes()
-            .map(|(_, n)| n.addr.clone())
-            .collect()
+            .map(|(id, n)| (Some(*id) != m.current_leader, n.addr.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, a)| a).collect()
     }
 
     /// Stop serving and shut Raft down.

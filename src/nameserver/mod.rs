@@ -16,9 +16,7 @@
 //! [`route`] and [`settings`] are shared with the broker's own `MessagingService`.
 
 pub mod registry;
-pub mod route;
 pub mod service;
-pub mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +25,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use crate::protocol::route::GroupRoute;
 pub use registry::Registry;
-pub use route::GroupRoute;
 
 use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer;
 use crate::proto::raftmq::nameserver::nameserver_server::NameserverServer;

@@ -19,8 +19,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::NameserverError;
-use super::route::GroupRoute;
 use crate::proto::raftmq::nameserver as pb;
+use crate::protocol::route::GroupRoute;
 use crate::raft::state_machine::{Perm, TopicMessageType};
 
 struct Entry {

@@ -11,12 +11,12 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::registry::Registry;
-use super::route::{self, query_route_response};
-use super::settings::settings_reply;
 use crate::proto::apache::rocketmq::v2 as api;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingService;
 use crate::proto::raftmq::nameserver as pb;
 use crate::proto::raftmq::nameserver::nameserver_server::Nameserver;
+use crate::protocol::route::{self, query_route_response};
+use crate::protocol::settings::settings_reply;
 
 /// `raftmq.nameserver.Nameserver` over a [`Registry`].
 pub struct RegistryService {

@@ -2,7 +2,7 @@
 //! and the broker's `MessagingService`.
 //!
 //! A topic's route is one [`GroupRoute`] per broker group holding the topic. Each group
-//! becomes `queues` [`MessageQueue`]s (ids `0..queues`, so queue 0 is always present, which
+//! becomes `queues` [`api::MessageQueue`]s (ids `0..queues`, so queue 0 is always present, which
 //! the Node client requires) under a broker named after the group, with broker id 0 (clients
 //! drop other ids) and the group's live member addresses as endpoints: any member accepts
 //! every RPC and a follower forwards to its leader, so a route stays usable across leader
@@ -164,25 +164,36 @@ pub fn endpoints<S: AsRef<str>>(addrs: &[S]) -> api::Endpoints {
     }
 }
 
-/// The `MessageQueue`s of `topic` over `groups`: per group, one queue per queue id
-/// `0..queues`, `topic` echoed as given (namespace included), broker `{name = group, id = 0,
-/// endpoints = members}`, the topic's permission and its one accepted message type.
+/// The `MessageQueue`s of `topic` over `groups`: per group, per live member (leader
+/// first), one queue per queue id `0..queues`; broker `{name = "<group>@<member address>",
+/// id = 0, endpoints = that one member}`; the topic echoed as given (namespace included), the
+/// topic's permission and its one accepted message type.
+///
+/// Why one broker entry per member rather than one entry listing every member: gRPC clients
+/// put a multi-address target into the HTTP/2 `:authority` (`h1:p1,h2:p2`), which a strict
+/// HTTP/2 server (ours, hyper/h2) rejects as malformed. With one member per entry every
+/// client channel names a single node; any member serves any queue (followers forward to the
+/// leader), so when a node dies the client's own retry on another queue entry reaches a live
+/// member — failover without a client change. All entries of a group share queue ids: a
+/// message sent through any of them lands in the same queue.
 pub fn message_queues(topic: &api::Resource, groups: &[GroupRoute]) -> Vec<api::MessageQueue> {
     let mut out = Vec::new();
     for g in groups {
-        let broker = api::Broker {
-            name: g.group.clone(),
-            id: 0,
-            endpoints: Some(endpoints(&g.members)),
-        };
-        for q in 0..g.queues {
-            out.push(api::MessageQueue {
-                topic: Some(topic.clone()),
-                id: i32::try_from(q).unwrap_or(i32::MAX),
-                permission: permission(g.perm) as i32,
-                broker: Some(broker.clone()),
-                accept_message_types: vec![message_type(g.message_type) as i32],
-            });
+        for member in &g.members {
+            let broker = api::Broker {
+                name: format!("{}@{}", g.group, member),
+                id: 0,
+                endpoints: Some(endpoints(std::slice::from_ref(member))),
+            };
+            for q in 0..g.queues {
+                out.push(api::MessageQueue {
+                    topic: Some(topic.clone()),
+                    id: i32::try_from(q).unwrap_or(i32::MAX),
+                    permission: permission(g.perm) as i32,
+                    broker: Some(broker.clone()),
+                    accept_message_types: vec![message_type(g.message_type) as i32],
+                });
+            }
         }
     }
     out
