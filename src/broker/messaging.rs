@@ -41,7 +41,7 @@ use crate::proto::raftmq::admin as pb;
 use crate::protocol::route::{self, GroupRoute};
 use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
-use crate::raft::state_machine::{InternalCommand, Perm, TopicConfig, TopicMessageType};
+use crate::raft::state_machine::{InternalCommand, TopicConfig, TopicMessageType};
 use crate::storage::consumequeue::tag_hash;
 use crate::storage::message::{MessageType, MessageView};
 
@@ -51,6 +51,9 @@ pub const MAX_BODY_SIZE: usize = settings::MAX_BODY_SIZE as usize;
 const DEFAULT_INVISIBLE: Duration = Duration::from_secs(30);
 /// Upper bound of a receive's long polling.
 const MAX_LONG_POLL: Duration = Duration::from_secs(20);
+/// How long a send waits for a new leader before answering HA_NOT_AVAILABLE (below the
+/// clients' default 3 s request timeout, so the answer arrives before the client gives up).
+const SEND_FAILOVER_WAIT: Duration = Duration::from_millis(2500);
 /// Header marking a request that a follower forwarded to its leader.
 const FORWARDED: &str = "x-raftmq-forwarded";
 
@@ -209,18 +212,24 @@ impl MessagingSvc {
         }
     }
 
-    fn forward_request<T>(req: Request<T>) -> Request<T> {
-        let md = req.metadata().clone();
-        let mut out = Request::new(req.into_inner());
+    /// The client's `x-mq-*` headers plus the forwarded mark.
+    fn forward_metadata(md: &tonic::metadata::MetadataMap) -> tonic::metadata::MetadataMap {
+        let mut out = tonic::metadata::MetadataMap::new();
         for kv in md.iter() {
             if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv
                 && k.as_str().starts_with("x-mq-")
             {
-                out.metadata_mut().insert(k.clone(), v.clone());
+                out.insert(k.clone(), v.clone());
             }
         }
-        out.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        out.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        out
+    }
+
+    fn forward_request<T>(req: Request<T>) -> Request<T> {
+        let md = Self::forward_metadata(req.metadata());
+        let mut out = Request::new(req.into_inner());
+        *out.metadata_mut() = md;
         out
     }
 
@@ -421,8 +430,7 @@ impl MessagingSvc {
                 }
             }
             for (off, seq) in to_dlq {
-                self.dead_letter(node, group, &topic.name, q, off, seq)
-                    .await?;
+                node.dead_letter(group, &topic.name, q, off, seq).await?;
             }
             let blocked = fifo && state.inflight.values().any(|f| f.invisible_until_ms > now);
             let mut skip_to = state.next_offset;
@@ -477,64 +485,6 @@ impl MessagingSvc {
             }
         }
         Ok(if out.is_empty() { None } else { Some(out) })
-    }
-
-    /// Copy an exhausted message to the group's dead-letter topic, then ack it.
-    async fn dead_letter(
-        &self,
-        node: &Node,
-        group: &str,
-        topic: &str,
-        queue: u32,
-        offset: u64,
-        seq: u64,
-    ) -> Result<(), BrokerError> {
-        let dlq = consume::dlq_topic(group);
-        if node.sm.topic(&dlq).is_none() {
-            node.propose(InternalCommand::UpsertTopic {
-                topic: TopicConfig {
-                    name: dlq.clone(),
-                    queues: 1,
-                    perm: Perm::ReadWrite,
-                    message_type: TopicMessageType::Normal,
-                },
-            })
-            .await?;
-        }
-        let (units, _, _) = node.sm.units(topic, queue, offset, 1);
-        if let Some(u) = units.first() {
-            let m = node.sm.message_at(u.pos, u.size)?;
-            let mut props: HashMap<String, String> = m
-                .properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            props.insert("ORIGIN_TOPIC".into(), topic.to_string());
-            props.insert("ORIGIN_QUEUE_OFFSET".into(), format!("{queue}:{offset}"));
-            node.produce(pb::ProduceRequest {
-                messages: vec![pb::ProduceMessage {
-                    topic: dlq,
-                    queue_id: 0,
-                    message_id: m.message_id.to_string(),
-                    tag: m.tag.to_string(),
-                    keys: m.keys.iter().map(|k| k.to_string()).collect(),
-                    properties: props,
-                    body: m.body.clone(),
-                    message_group: String::new(),
-                    born_timestamp_ms: m.born_timestamp_ms,
-                }],
-            })
-            .await?;
-        }
-        node.propose(InternalCommand::Ack {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            queue,
-            offset,
-            seq,
-        })
-        .await?;
-        Ok(())
     }
 }
 
@@ -745,31 +695,62 @@ impl MessagingService for MessagingSvc {
         req: Request<v2::SendMessageRequest>,
     ) -> Result<Response<v2::SendMessageResponse>, Status> {
         let node = self.node()?;
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c.send_message(Self::forward_request(req)).await {
-                    // Only the message: the leader's response headers must not be re-sent.
-                    Ok(r) => Ok(Response::new(r.into_inner())),
-                    Err(e) => Ok(Response::new(v2::SendMessageResponse {
-                        status: Some(status(
-                            v2::Code::HaNotAvailable,
-                            format!("leader {addr}: {}", e.message()),
-                        )),
-                        entries: vec![],
-                    })),
-                };
-            }
-            Err(st) => {
-                return Ok(Response::new(v2::SendMessageResponse {
-                    status: Some(st),
-                    entries: vec![],
-                }));
-            }
-        }
+        let forwarded = req.metadata().get(FORWARDED).is_some();
+        let md = Self::forward_metadata(req.metadata());
         let msgs = req.into_inner().messages;
-        Ok(Response::new(self.send_local(&node, msgs).await))
+        // During an election a send waits (bounded) for the new leader instead of failing
+        // at once: the client's own retries are few and fast.
+        let deadline = tokio::time::Instant::now() + SEND_FAILOVER_WAIT;
+        loop {
+            let mut tried = None;
+            let reply = match node.route() {
+                Ok(Route::Local) => {
+                    tried = Some(node.config.node_id);
+                    self.send_local(&node, msgs.clone()).await
+                }
+                Ok(Route::Leader(id, addr)) if !forwarded => {
+                    tried = Some(id);
+                    let mut c = self.leader_client(&addr)?;
+                    let mut fwd = Request::new(v2::SendMessageRequest {
+                        messages: msgs.clone(),
+                    });
+                    *fwd.metadata_mut() = md.clone();
+                    match c.send_message(fwd).await {
+                        // Only the message: the leader's response headers must not be re-sent.
+                        Ok(r) => r.into_inner(),
+                        Err(e) => v2::SendMessageResponse {
+                            status: Some(status(
+                                v2::Code::HaNotAvailable,
+                                format!("leader {addr}: {}", e.message()),
+                            )),
+                            entries: vec![],
+                        },
+                    }
+                }
+                Ok(Route::Leader(..)) => v2::SendMessageResponse {
+                    status: Some(status(
+                        v2::Code::HaNotAvailable,
+                        "leadership is changing; retry",
+                    )),
+                    entries: vec![],
+                },
+                Err(e) => v2::SendMessageResponse {
+                    status: Some(error_status(&e)),
+                    entries: vec![],
+                },
+            };
+            let retry = reply
+                .status
+                .as_ref()
+                .is_some_and(|s| s.code == v2::Code::HaNotAvailable as i32);
+            if !retry || forwarded || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(reply));
+            }
+            // Retry as soon as another leader is known, and at least every 200 ms (a new
+            // leader refuses writes until a quorum has acknowledged it).
+            let step = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+            node.wait_leader_change(tried, step).await;
+        }
     }
 
     async fn receive_message(

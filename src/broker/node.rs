@@ -245,6 +245,11 @@ impl Node {
         node.bootstrap().await?;
         let n = Arc::clone(&node);
         let retention = tokio::spawn(async move { n.retention_loop().await });
+        let n = Arc::clone(&node);
+        let reviver = tokio::spawn(async move { n.dead_letter_loop().await });
+        if let Ok(mut t) = node.tasks.lock() {
+            t.push(reviver);
+        }
         if let Ok(mut t) = node.tasks.lock() {
             t.push(retention);
         }
@@ -300,6 +305,31 @@ impl Node {
             }
             if let Err(e) = self.run_retention().await {
                 tracing::warn!("retention: {e}");
+            }
+        }
+    }
+
+    /// On the leader, move messages that expired on their last allowed delivery to the
+    /// group's dead-letter topic, without waiting for a consumer to ask again.
+    async fn dead_letter_loop(self: Arc<Self>) {
+        let mut rx = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = rx.wait_for(|s| *s) => return,
+            }
+            if !self.raft.metrics().borrow_watched().state.is_leader() {
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            for (group, topic, queue, offset, seq) in self.sm.exhausted(now) {
+                if let Err(e) = self.dead_letter(&group, &topic, queue, offset, seq).await {
+                    tracing::warn!("dead-lettering {topic}:{queue}:{offset} for {group}: {e}");
+                    break;
+                }
             }
         }
     }
@@ -385,6 +415,23 @@ impl Node {
     /// Turns `true` when the node shuts down.
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Wait (until `deadline`) until this node knows a leader other than `failed`.
+    pub async fn wait_leader_change(&self, failed: Option<NodeId>, deadline: tokio::time::Instant) {
+        let mut m = self.raft.metrics();
+        let _ = tokio::time::timeout_at(deadline, async {
+            loop {
+                let now = m.borrow_watched().current_leader;
+                if now.is_some() && now != failed {
+                    return;
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Addresses of every member of the group (voters and learners), leader first.

@@ -15,6 +15,7 @@ use super::error::BrokerError;
 use super::node::Node;
 use crate::proto::raftmq::admin as pb;
 use crate::proto::raftmq::admin::admin_client::AdminClient;
+use crate::raft::consume;
 use crate::raft::state_machine::{self, InternalCommand, Perm, TopicConfig, TopicMessageType};
 use crate::raft::{Command, CommandResponse, NodeId, TypeConfig};
 use crate::storage::message::{self, MessageType, NewMessage};
@@ -654,5 +655,62 @@ impl Node {
                 })
             }
         }
+    }
+
+    /// Copy an exhausted message to the group's dead-letter topic, then ack it.
+    pub(crate) async fn dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        seq: u64,
+    ) -> Result<(), BrokerError> {
+        let dlq = consume::dlq_topic(group);
+        if self.sm.topic(&dlq).is_none() {
+            self.propose(InternalCommand::UpsertTopic {
+                topic: TopicConfig {
+                    name: dlq.clone(),
+                    queues: 1,
+                    perm: Perm::ReadWrite,
+                    message_type: TopicMessageType::Normal,
+                },
+            })
+            .await?;
+        }
+        let (units, _, _) = self.sm.units(topic, queue, offset, 1);
+        if let Some(u) = units.first() {
+            let m = self.sm.message_at(u.pos, u.size)?;
+            let mut props: HashMap<String, String> = m
+                .properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            props.insert("ORIGIN_TOPIC".into(), topic.to_string());
+            props.insert("ORIGIN_QUEUE_OFFSET".into(), format!("{queue}:{offset}"));
+            self.produce(pb::ProduceRequest {
+                messages: vec![pb::ProduceMessage {
+                    topic: dlq,
+                    queue_id: 0,
+                    message_id: m.message_id.to_string(),
+                    tag: m.tag.to_string(),
+                    keys: m.keys.iter().map(|k| k.to_string()).collect(),
+                    properties: props,
+                    body: m.body.clone(),
+                    message_group: String::new(),
+                    born_timestamp_ms: m.born_timestamp_ms,
+                }],
+            })
+            .await?;
+        }
+        self.propose(InternalCommand::Ack {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            queue,
+            offset,
+            seq,
+        })
+        .await?;
+        Ok(())
     }
 }

@@ -179,18 +179,19 @@ pub fn endpoints<S: AsRef<str>>(addrs: &[S]) -> api::Endpoints {
 pub fn message_queues(topic: &api::Resource, groups: &[GroupRoute]) -> Vec<api::MessageQueue> {
     let mut out = Vec::new();
     for g in groups {
-        for member in &g.members {
-            let broker = api::Broker {
-                name: format!("{}@{}", g.group, member),
-                id: 0,
-                endpoints: Some(endpoints(std::slice::from_ref(member))),
-            };
-            for q in 0..g.queues {
+        // Queue-major order: neighbouring entries name different members, so a client that
+        // retries a failed send on the next entry reaches another node.
+        for q in 0..g.queues {
+            for member in &g.members {
                 out.push(api::MessageQueue {
                     topic: Some(topic.clone()),
                     id: i32::try_from(q).unwrap_or(i32::MAX),
                     permission: permission(g.perm) as i32,
-                    broker: Some(broker.clone()),
+                    broker: Some(api::Broker {
+                        name: format!("{}@{}", g.group, member),
+                        id: 0,
+                        endpoints: Some(endpoints(std::slice::from_ref(member))),
+                    }),
                     accept_message_types: vec![message_type(g.message_type) as i32],
                 });
             }

@@ -772,6 +772,29 @@ impl SmHandle {
             .unwrap_or_default()
     }
 
+    /// Deliveries that expired on their last allowed attempt, as of `now_ms`:
+    /// (group, topic, queue, offset, seq). The leader dead-letters them.
+    pub fn exhausted(&self, now_ms: i64) -> Vec<(String, String, u32, u64, u64)> {
+        let Some(g) = self.read() else {
+            return Vec::new();
+        };
+        let c = &g.state.consume;
+        let mut out = Vec::new();
+        for (group, topics) in &c.queues {
+            let max = c.group(group).max_delivery_attempts;
+            for (topic, queues) in topics {
+                for (q, st) in queues {
+                    for (off, f) in &st.inflight {
+                        if f.invisible_until_ms <= now_ms && f.attempt >= max {
+                            out.push((group.clone(), topic.clone(), *q, *off, f.seq));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Delivery state of one queue for a group.
     pub fn queue_state(
         &self,

@@ -131,6 +131,8 @@ def test_unacked_messages_come_back_then_go_to_dlq(cluster):
         assert all(attempts.get(i) == [1, 2, 3] for i in ids), attempts
     finally:
         c.shutdown()
+    # The leader dead-letters a message once its last delivery expires: the topic appears.
+    wait_for(lambda: cluster.admin("topic", "route", f"%DLQ%{group}"), 30, "the dead-letter topic")
     dlq = consume(cluster.nameserver, "dlq-reader", f"%DLQ%{group}", 3, timeout=60)
     assert {m.message_id for m in dlq} == ids
 
@@ -198,10 +200,13 @@ def test_sends_survive_leader_kill(cluster):
         stop.set()
         t.join(timeout=30)
         p.shutdown()
-    last_before = max(ts for _, ts in acked if ts <= killed_at)
-    first_after = min(ts for _, ts in acked if ts > killed_at)
-    print(f"\nfailover: sends stalled {1000 * (first_after - last_before):.0f} ms "
-          f"({len(failures)} failed attempts surfaced to the application); {len(acked)} acked")
+    times = sorted(ts for _, ts in acked)
+    gaps = [b - a for a, b in zip(times, times[1:]) if b > killed_at - 1]
+    fail_times = [ts for ts, _ in failures if ts >= killed_at]
+    print(f"\nfailover: longest gap between acknowledged sends after the kill "
+          f"{1000 * max(gaps):.0f} ms; {len(fail_times)} sends failed after client retries, "
+          f"the last {1000 * (max(fail_times) - killed_at) if fail_times else 0:.0f} ms after the kill; "
+          f"{len(acked)} acked")
     ids = {m for m, _ in acked}
     got = consume(cluster.nameserver, "after-failover", topic, len(ids), timeout=120)
     missing = ids - {m.message_id for m in got}
