@@ -5,6 +5,7 @@
 
 pub mod admin_cli;
 pub mod broker;
+pub mod client;
 pub mod nameserver;
 pub mod proto;
 pub mod protocol;

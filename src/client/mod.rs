@@ -1,0 +1,518 @@
+//! raftmq's own Rust client over the RocketMQ 5 gRPC protocol (`MessagingService`): the same
+//! path the official SDKs take, used by the CLI and the benchmark.
+//!
+//! * [`Producer`]: resolves a topic's route through the access point (a nameserver or any
+//!   broker node), sends each message to a queue entry chosen round robin, and retries a
+//!   failed send on the next entry (neighbouring entries name different nodes), keeping the
+//!   message id so a retry is stored once.
+//! * [`SimpleConsumer`]: receive with an invisible duration and long polling, ack, change
+//!   invisibility.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tonic::transport::Channel;
+
+use crate::proto::apache::rocketmq::v2;
+use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Transport failure.
+    #[error("rpc to {addr} failed: {message}")]
+    Rpc {
+        /// The endpoint.
+        addr: String,
+        /// What gRPC said.
+        message: String,
+    },
+    /// The broker answered with a RocketMQ status.
+    #[error("broker status {code}: {message}")]
+    Status {
+        /// RocketMQ status code.
+        code: i32,
+        /// Its message.
+        message: String,
+    },
+    /// Bad input or an unusable answer.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct OutMessage {
+    /// Topic.
+    pub topic: String,
+    /// Optional tag.
+    pub tag: Option<String>,
+    /// Keys.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: HashMap<String, String>,
+    /// Message group (FIFO topics).
+    pub message_group: Option<String>,
+    /// Body.
+    pub body: Bytes,
+    /// Message id; generated when empty. Retries reuse it.
+    pub message_id: String,
+}
+
+/// Where a sent message was stored.
+#[derive(Debug, Clone)]
+pub struct SendReceipt {
+    /// Message id.
+    pub message_id: String,
+    /// Queue offset.
+    pub offset: i64,
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Message id.
+    pub message_id: String,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Keys.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: HashMap<String, String>,
+    /// Message group.
+    pub message_group: Option<String>,
+    /// Body.
+    pub body: Bytes,
+    /// Queue id and offset.
+    pub queue: i32,
+    /// Queue offset.
+    pub offset: i64,
+    /// Delivery attempt (1 = first).
+    pub delivery_attempt: i32,
+    /// Receipt handle for ack / change invisibility.
+    pub receipt_handle: String,
+    /// The node it came from (acks go there).
+    pub endpoint: String,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn check(st: Option<&v2::Status>) -> Result<(), ClientError> {
+    match st {
+        Some(s) if s.code == v2::Code::Ok as i32 || s.code == v2::Code::MultipleResults as i32 => {
+            Ok(())
+        }
+        Some(s) => Err(ClientError::Status {
+            code: s.code,
+            message: s.message.clone(),
+        }),
+        None => Err(ClientError::Invalid("response without status".into())),
+    }
+}
+
+/// Connections to broker endpoints and the access point, shared by producer and consumer.
+struct Channels {
+    access: Vec<String>,
+    clients: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
+    timeout: Duration,
+}
+
+impl Channels {
+    fn new(access_point: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let access: Vec<String> = access_point
+            .split([',', ';'])
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if access.is_empty() {
+            return Err(ClientError::Invalid("empty access point".into()));
+        }
+        Ok(Channels {
+            access,
+            clients: Mutex::new(HashMap::new()),
+            timeout,
+        })
+    }
+
+    fn client(&self, addr: &str) -> Result<MessagingServiceClient<Channel>, ClientError> {
+        let mut g = self
+            .clients
+            .lock()
+            .map_err(|_| ClientError::Invalid("client cache lock poisoned".into()))?;
+        if let Some(c) = g.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::Invalid(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(self.timeout)
+            .tcp_nodelay(true);
+        let c = MessagingServiceClient::new(ep.connect_lazy())
+            .max_decoding_message_size(80 << 20)
+            .max_encoding_message_size(80 << 20);
+        g.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The route of `topic`, asked of each access point in turn.
+    async fn route(&self, topic: &str) -> Result<Vec<v2::MessageQueue>, ClientError> {
+        let mut last = ClientError::Invalid("no access point answered".into());
+        for ap in &self.access {
+            let mut c = self.client(ap)?;
+            let req = v2::QueryRouteRequest {
+                topic: Some(v2::Resource {
+                    resource_namespace: String::new(),
+                    name: topic.to_string(),
+                }),
+                endpoints: None,
+            };
+            match c.query_route(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    check(r.status.as_ref())?;
+                    return Ok(r.message_queues);
+                }
+                Err(e) => {
+                    last = ClientError::Rpc {
+                        addr: ap.clone(),
+                        message: e.message().to_string(),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn endpoint_of(q: &v2::MessageQueue) -> Option<String> {
+    let a = q.broker.as_ref()?.endpoints.as_ref()?.addresses.first()?;
+    Some(if a.host.contains(':') {
+        format!("[{}]:{}", a.host, a.port)
+    } else {
+        format!("{}:{}", a.host, a.port)
+    })
+}
+
+/// A producer.
+pub struct Producer {
+    ch: Channels,
+    routes: Mutex<HashMap<String, Vec<v2::MessageQueue>>>,
+    next: AtomicU64,
+    seq: AtomicU64,
+    /// Send attempts per message (default 3).
+    pub max_attempts: u32,
+}
+
+impl Producer {
+    /// A producer for the access point `host:port[,host:port]`.
+    pub fn new(access_point: &str) -> Result<Self, ClientError> {
+        Ok(Producer {
+            ch: Channels::new(access_point, Duration::from_secs(10))?,
+            routes: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            max_attempts: 3,
+        })
+    }
+
+    async fn queues(
+        &self,
+        topic: &str,
+        refresh: bool,
+    ) -> Result<Vec<v2::MessageQueue>, ClientError> {
+        if !refresh && let Some(q) = self.routes.lock().ok().and_then(|g| g.get(topic).cloned()) {
+            return Ok(q);
+        }
+        let q = self.ch.route(topic).await?;
+        if let Ok(mut g) = self.routes.lock() {
+            g.insert(topic.to_string(), q.clone());
+        }
+        Ok(q)
+    }
+
+    fn new_id(&self) -> String {
+        let s = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "01{:012X}{:08X}{:012X}",
+            std::process::id() as u64,
+            now_ms() as u32,
+            s
+        )
+    }
+
+    /// Send one message; retries on another queue entry (another node) on failure.
+    pub async fn send(&self, mut m: OutMessage) -> Result<SendReceipt, ClientError> {
+        if m.message_id.is_empty() {
+            m.message_id = self.new_id();
+        }
+        let msg = v2::Message {
+            topic: Some(v2::Resource {
+                resource_namespace: String::new(),
+                name: m.topic.clone(),
+            }),
+            user_properties: m.properties.clone(),
+            system_properties: Some(v2::SystemProperties {
+                tag: m.tag.clone(),
+                keys: m.keys.clone(),
+                message_id: m.message_id.clone(),
+                body_encoding: v2::Encoding::Identity as i32,
+                message_type: if m.message_group.is_some() {
+                    v2::MessageType::Fifo as i32
+                } else {
+                    v2::MessageType::Normal as i32
+                },
+                born_timestamp: Some(prost_types::Timestamp {
+                    seconds: now_ms() / 1000,
+                    nanos: ((now_ms() % 1000) * 1_000_000) as i32,
+                }),
+                message_group: m.message_group.clone(),
+                queue_id: -1,
+                ..Default::default()
+            }),
+            body: m.body.clone(),
+        };
+        let mut last = ClientError::Invalid("no attempt made".into());
+        for attempt in 0..self.max_attempts.max(1) {
+            let queues = self.queues(&m.topic, attempt > 0).await?;
+            let writable: Vec<&v2::MessageQueue> = queues
+                .iter()
+                .filter(|q| {
+                    q.permission == v2::Permission::ReadWrite as i32
+                        || q.permission == v2::Permission::Write as i32
+                })
+                .collect();
+            if writable.is_empty() {
+                return Err(ClientError::Invalid(format!(
+                    "topic `{}` has no writable queue",
+                    m.topic
+                )));
+            }
+            let q = writable[(self.next.fetch_add(1, Ordering::Relaxed) as usize) % writable.len()];
+            let Some(addr) = endpoint_of(q) else {
+                return Err(ClientError::Invalid("route without endpoints".into()));
+            };
+            let mut one = msg.clone();
+            if let Some(sp) = one.system_properties.as_mut() {
+                sp.queue_id = q.id;
+            }
+            let mut c = self.ch.client(&addr)?;
+            match c
+                .send_message(v2::SendMessageRequest {
+                    messages: vec![one],
+                })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    match check(r.status.as_ref()) {
+                        Ok(()) => {
+                            let e = r.entries.first().ok_or_else(|| {
+                                ClientError::Invalid("send result without entry".into())
+                            })?;
+                            check(e.status.as_ref())?;
+                            return Ok(SendReceipt {
+                                message_id: e.message_id.clone(),
+                                offset: e.offset,
+                            });
+                        }
+                        // Only unavailability is worth another attempt; a bad request is final.
+                        Err(ClientError::Status { code, message })
+                            if code == v2::Code::HaNotAvailable as i32
+                                || code == v2::Code::InternalServerError as i32 =>
+                        {
+                            last = ClientError::Status { code, message };
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => {
+                    last = ClientError::Rpc {
+                        addr,
+                        message: e.message().to_string(),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A simple consumer (RocketMQ 5 "pop" consumption).
+pub struct SimpleConsumer {
+    ch: Channels,
+    group: String,
+    topic: String,
+    filter: String,
+    queues: Mutex<Vec<v2::MessageQueue>>,
+    next: AtomicU64,
+}
+
+impl SimpleConsumer {
+    /// A consumer of `topic` in `group`, with tag filter `filter` (`*` for all).
+    pub fn new(
+        access_point: &str,
+        group: &str,
+        topic: &str,
+        filter: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(SimpleConsumer {
+            ch: Channels::new(access_point, Duration::from_secs(60))?,
+            group: group.to_string(),
+            topic: topic.to_string(),
+            filter: filter.to_string(),
+            queues: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    async fn pick(&self) -> Result<v2::MessageQueue, ClientError> {
+        let cached = self.queues.lock().map(|g| g.clone()).unwrap_or_default();
+        let queues = if cached.is_empty() {
+            let q: Vec<v2::MessageQueue> = self
+                .ch
+                .route(&self.topic)
+                .await?
+                .into_iter()
+                .filter(|q| {
+                    q.permission == v2::Permission::ReadWrite as i32
+                        || q.permission == v2::Permission::Read as i32
+                })
+                .collect();
+            if let Ok(mut g) = self.queues.lock() {
+                *g = q.clone();
+            }
+            q
+        } else {
+            cached
+        };
+        if queues.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "topic `{}` has no readable queue",
+                self.topic
+            )));
+        }
+        Ok(queues[(self.next.fetch_add(1, Ordering::Relaxed) as usize) % queues.len()].clone())
+    }
+
+    /// Receive up to `max` messages, invisible for `invisible`, waiting up to `wait`.
+    pub async fn receive(
+        &self,
+        max: i32,
+        invisible: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Received>, ClientError> {
+        let q = self.pick().await?;
+        let addr = endpoint_of(&q)
+            .ok_or_else(|| ClientError::Invalid("route without endpoints".into()))?;
+        let mut c = self.ch.client(&addr)?;
+        let req = v2::ReceiveMessageRequest {
+            group: Some(v2::Resource {
+                resource_namespace: String::new(),
+                name: self.group.clone(),
+            }),
+            message_queue: Some(q),
+            filter_expression: Some(v2::FilterExpression {
+                r#type: v2::FilterType::Tag as i32,
+                expression: self.filter.clone(),
+            }),
+            batch_size: max,
+            invisible_duration: Some(prost_types::Duration {
+                seconds: invisible.as_secs() as i64,
+                nanos: invisible.subsec_nanos() as i32,
+            }),
+            auto_renew: false,
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: wait.as_secs() as i64,
+                nanos: wait.subsec_nanos() as i32,
+            }),
+            attempt_id: None,
+        };
+        let mut stream = match c.receive_message(req).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                // Drop the cached route: the node may be gone.
+                if let Ok(mut g) = self.queues.lock() {
+                    g.clear();
+                }
+                return Err(ClientError::Rpc {
+                    addr,
+                    message: e.message().to_string(),
+                });
+            }
+        };
+        let mut out = Vec::new();
+        while let Some(item) = stream.message().await.map_err(|e| ClientError::Rpc {
+            addr: addr.clone(),
+            message: e.message().to_string(),
+        })? {
+            match item.content {
+                Some(v2::receive_message_response::Content::Status(s)) => {
+                    if s.code != v2::Code::Ok as i32 && s.code != v2::Code::MessageNotFound as i32 {
+                        return Err(ClientError::Status {
+                            code: s.code,
+                            message: s.message,
+                        });
+                    }
+                }
+                Some(v2::receive_message_response::Content::Message(m)) => {
+                    let sp = m.system_properties.unwrap_or_default();
+                    out.push(Received {
+                        topic: m.topic.map(|t| t.name).unwrap_or_default(),
+                        message_id: sp.message_id,
+                        tag: sp.tag,
+                        keys: sp.keys,
+                        properties: m.user_properties,
+                        message_group: sp.message_group,
+                        body: m.body,
+                        queue: sp.queue_id,
+                        offset: sp.queue_offset.unwrap_or(-1),
+                        delivery_attempt: sp.delivery_attempt.unwrap_or(1),
+                        receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                        endpoint: addr.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ack one received message.
+    pub async fn ack(&self, m: &Received) -> Result<(), ClientError> {
+        let mut c = self.ch.client(&m.endpoint)?;
+        let r = c
+            .ack_message(v2::AckMessageRequest {
+                group: Some(v2::Resource {
+                    resource_namespace: String::new(),
+                    name: self.group.clone(),
+                }),
+                topic: Some(v2::Resource {
+                    resource_namespace: String::new(),
+                    name: self.topic.clone(),
+                }),
+                entries: vec![v2::AckMessageEntry {
+                    message_id: m.message_id.clone(),
+                    receipt_handle: m.receipt_handle.clone(),
+                    lite_topic: None,
+                }],
+            })
+            .await
+            .map_err(|e| ClientError::Rpc {
+                addr: m.endpoint.clone(),
+                message: e.message().to_string(),
+            })?
+            .into_inner();
+        check(r.status.as_ref())
+    }
+}
