@@ -457,13 +457,14 @@ impl SimpleConsumer {
             message: e.message().to_string(),
         })? {
             match item.content {
-                Some(v2::receive_message_response::Content::Status(s)) => {
-                    if s.code != v2::Code::Ok as i32 && s.code != v2::Code::MessageNotFound as i32 {
-                        return Err(ClientError::Status {
-                            code: s.code,
-                            message: s.message,
-                        });
-                    }
+                Some(v2::receive_message_response::Content::Status(s))
+                    if s.code != v2::Code::Ok as i32
+                        && s.code != v2::Code::MessageNotFound as i32 =>
+                {
+                    return Err(ClientError::Status {
+                        code: s.code,
+                        message: s.message,
+                    });
                 }
                 Some(v2::receive_message_response::Content::Message(m)) => {
                     let sp = m.system_properties.unwrap_or_default();
