@@ -235,4 +235,23 @@ async fn restarting_all_nodes_at_once_loses_nothing() {
         .expect("topics")
         .into_inner();
     assert_eq!(topics.topics.len(), 1, "topic config survives the restart");
+
+    // A retried send (same message id) is stored once, also after the restart: the recent-id
+    // window is replicated state. Through a follower, and twice.
+    let follower = (1..=3).find(|i| *i != leader).expect("a follower");
+    for _ in 0..2 {
+        let resend = vec![message("logs", "r000-00", vec![0; 300])];
+        let r = common::produce(&c, follower, resend, Duration::from_secs(20)).await;
+        assert!(
+            r.results[0].duplicate,
+            "resent id must be reported as a duplicate"
+        );
+    }
+    let resend = vec![message("logs", "after-restart", b"x".to_vec())];
+    let r = common::produce(&c, leader, resend, Duration::from_secs(20)).await;
+    assert!(r.results[0].duplicate);
+    for id in 1..=3 {
+        let all = c.read_all(id, "logs", 3).await;
+        assert_eq!(all.len(), acked.len(), "node {id}: duplicates were stored");
+    }
 }

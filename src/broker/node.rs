@@ -480,3 +480,37 @@ fn tokio_stream_listener(
         Some((r, l))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_peers;
+
+    #[test]
+    fn peers_with_dns_names_ipv4_and_ipv6() {
+        let p = parse_peers("1=raftmq-0.raftmq.default.svc:8081, 2=10.0.0.2:8082,3=[::1]:8083")
+            .unwrap_or_default();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&1], "raftmq-0.raftmq.default.svc:8081");
+        assert_eq!(p[&2], "10.0.0.2:8082");
+        assert_eq!(p[&3], "[::1]:8083");
+        assert!(parse_peers("").is_ok_and(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn bad_peer_lists_are_rejected_with_the_reason() {
+        for (bad, why) in [
+            ("1=host", "no :PORT"),
+            ("x=host:1", "not a number"),
+            ("1=host:0", "not a port"),
+            ("1=host:99999", "not a port"),
+            ("1=a:1,1=b:2", "twice"),
+            ("1=bad_host!:1", "not a host"),
+            ("1host:1", "ID=HOST:PORT"),
+        ] {
+            match parse_peers(bad) {
+                Err(e) => assert!(e.to_string().contains(why), "{bad}: {e}"),
+                Ok(p) => panic!("{bad} accepted: {p:?}"),
+            }
+        }
+    }
+}

@@ -291,20 +291,43 @@ mod tests {
         b.perm = Perm::Read;
         b.queues = 1;
         let qs = message_queues(&topic, &[a.clone(), b.clone()]);
-        assert_eq!(qs.len(), 3);
-        assert_eq!(qs[0].id, 0);
-        assert_eq!(qs[1].id, 1);
-        assert_eq!(qs[2].id, 0);
+        // g1: 2 queues x 2 members (queue-major), g2: 1 queue x 2 members.
+        let got: Vec<(String, i32)> = qs
+            .iter()
+            .map(|q| {
+                (
+                    q.broker
+                        .as_ref()
+                        .map(|b| b.name.clone())
+                        .unwrap_or_default(),
+                    q.id,
+                )
+            })
+            .collect();
+        let want: Vec<(String, i32)> = [
+            ("g1@127.0.0.1:1", 0),
+            ("g1@127.0.0.1:2", 0),
+            ("g1@127.0.0.1:1", 1),
+            ("g1@127.0.0.1:2", 1),
+            ("g2@127.0.0.1:1", 0),
+            ("g2@127.0.0.1:2", 0),
+        ]
+        .iter()
+        .map(|(n, i)| (n.to_string(), *i))
+        .collect();
+        assert_eq!(got, want);
         assert_eq!(qs[0].topic.as_ref(), Some(&topic));
         assert_eq!(qs[0].permission, api::Permission::ReadWrite as i32);
-        assert_eq!(qs[2].permission, api::Permission::Read as i32);
+        assert_eq!(qs[4].permission, api::Permission::Read as i32);
         assert_eq!(
             qs[0].accept_message_types,
             vec![api::MessageType::Fifo as i32]
         );
-        let broker = qs[2].broker.as_ref().unwrap();
-        assert_eq!((broker.name.as_str(), broker.id), ("g2", 0));
-        assert_eq!(broker.endpoints.as_ref().unwrap().addresses.len(), 2);
+        for q in &qs {
+            let broker = q.broker.as_ref().unwrap();
+            assert_eq!(broker.id, 0);
+            assert_eq!(broker.endpoints.as_ref().unwrap().addresses.len(), 1);
+        }
         assert_eq!(GroupRoute::from_proto(&a.to_proto()), Ok(a));
         let r = query_route_response(&topic, &[]);
         assert_eq!(r.status.unwrap().code, api::Code::TopicNotFound as i32);
