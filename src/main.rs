@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod dev;
 use clap::{Parser, Subcommand};
 use raftmq::storage::commitlog::{self, Inspection};
 
@@ -17,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Start a nameserver and a 3-node broker group on 127.0.0.1 (ports 9876, 8081-8083)
+    /// as child processes; Ctrl-C stops them. Data survives restarts.
+    Dev(dev::DevArgs),
     /// Run one broker node (a member of a Raft broker group).
     Broker(Box<BrokerArgs>),
     /// Run a nameserver (stateless route registry and RocketMQ access point).
@@ -70,6 +75,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
+        Cmd::Dev(args) => dev::run(args).map(|()| ExitCode::SUCCESS),
         Cmd::Broker(args) => run_broker(*args),
         Cmd::Nameserver(args) => run_nameserver(args),
         Cmd::Admin(args) => run_admin(*args),

@@ -1,0 +1,189 @@
+//! `raftmq dev`: a nameserver and a 3-node broker group on 127.0.0.1 as child processes of
+//! this one command, for trying raftmq out. Ctrl-C stops every child cleanly; restarting on
+//! the same data directory keeps every message.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// Fixed, documented ports.
+pub const NAMESERVER_PORT: u16 = 9876;
+/// Broker node `i` (1..=3) listens on `BROKER_BASE_PORT + i`.
+pub const BROKER_BASE_PORT: u16 = 8080;
+
+/// Flags of `raftmq dev`.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Where the nodes keep their data (one sub-directory per node).
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// CommitLog segment size for the dev nodes.
+    #[arg(long, default_value = "64M")]
+    pub segment_size: String,
+}
+
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    /// SIGTERM everyone, then wait (bounded), then SIGKILL stragglers.
+    fn stop(&mut self) {
+        for (_, c) in &self.0 {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for (name, c) in &mut self.0 {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        eprintln!("{name} did not stop in time; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(exe: &std::path::Path, log: PathBuf, args: &[String]) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))
+}
+
+/// Run the dev cluster until Ctrl-C.
+pub fn run(a: DevArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the raftmq binary")?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let data = a.data_dir.canonicalize()?;
+    let ns = format!("127.0.0.1:{NAMESERVER_PORT}");
+    let peers: Vec<String> = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", BROKER_BASE_PORT + i))
+        .collect();
+    let mut children = Children(Vec::new());
+    children.0.push((
+        "nameserver".into(),
+        spawn(
+            &exe,
+            data.join("nameserver.log"),
+            &["nameserver".into(), "--listen".into(), ns.clone()],
+        )?,
+    ));
+    for i in 1..=3u16 {
+        let args = vec![
+            "broker".to_string(),
+            "--group".into(),
+            "dev".into(),
+            "--node-id".into(),
+            i.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", BROKER_BASE_PORT + i),
+            "--peers".into(),
+            peers.join(","),
+            "--data-dir".into(),
+            data.join(format!("node{i}")).display().to_string(),
+            "--segment-size".into(),
+            a.segment_size.clone(),
+            "--nameservers".into(),
+            ns.clone(),
+        ];
+        children.0.push((
+            format!("node {i}"),
+            spawn(&exe, data.join(format!("node{i}.log")), &args)?,
+        ));
+    }
+
+    // Wait until the nameserver knows the group's leader (or a child dies).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        for (name, c) in &mut children.0 {
+            if let Ok(Some(st)) = c.try_wait() {
+                anyhow::bail!("{name} exited ({st}); see the logs in {}", data.display());
+            }
+        }
+        let out = Command::new(&exe)
+            .args([
+                "admin",
+                "--nameservers",
+                &ns,
+                "--json",
+                "--timeout-ms",
+                "2000",
+                "cluster",
+            ])
+            .output()?;
+        if out.status.success()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && let Some(l) = v["groups"][0]["leader_addr"].as_str()
+            && !l.is_empty()
+        {
+            break l.to_string();
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no leader after 60 s; see the logs in {}", data.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    println!("raftmq dev cluster is up (data in {})", data.display());
+    println!("  nameserver      {ns}   (RocketMQ access point / namesrvAddr)");
+    for i in 1..=3u16 {
+        println!("  broker node {i}   127.0.0.1:{}", BROKER_BASE_PORT + i);
+    }
+    println!("  leader          {leader}");
+    println!("  logs            {}/*.log", data.display());
+    println!();
+    println!("Try it:");
+    println!("  raftmq admin --nameservers {ns} topic create TopicTest --queues 4");
+    println!("  # then, with the official Python client (pip install rocketmq-python-client):");
+    println!("  #   ClientConfiguration(\"{ns}\", Credentials()) -> Producer / SimpleConsumer");
+    println!("  raftmq admin --nameservers {ns} cluster");
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    wait_for_ctrl_c()?;
+    println!("stopping...");
+    children.stop();
+    println!("stopped");
+    Ok(())
+}
+
+fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        anyhow::Ok(())
+    })
+}
