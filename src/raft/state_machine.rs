@@ -621,7 +621,7 @@ impl SmCore {
                 inner
                     .state
                     .dedupe
-                    .insert(v.message_id.to_string(), p.clone());
+                    .insert(dedupe_key(&v.topic, &v.message_id), p.clone());
                 *slot = Some(p);
             }
         }

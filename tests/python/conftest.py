@@ -88,10 +88,18 @@ class Cluster:
             c = self.cluster()
             for g in c.get("groups", []):
                 for n in g.get("nodes", []):
-                    if n.get("role") == "leader":
+                    # A killed node's last report may still say leader: trust live answers.
+                    if n.get("role") == "leader" and n.get("reachable"):
                         return int(n["node_id"])
             return None
         return wait_for(find, 30, "a leader")
+
+    def wait_all_up(self):
+        def up():
+            c = self.cluster()
+            nodes = [n for g in c.get("groups", []) for n in g.get("nodes", [])]
+            return len(nodes) == len(self.ports) and all(n.get("reachable") for n in nodes)
+        wait_for(up, 60, "every node reachable")
 
     def create_topic(self, name, queues=4, message_type="normal"):
         wait_for(lambda: self.admin("topic", "create", name, "--queues", str(queues),
@@ -107,6 +115,7 @@ class Cluster:
 def cluster():
     c = Cluster()
     try:
+        c.wait_all_up()
         c.leader()
         yield c
     finally:
