@@ -66,6 +66,8 @@
 //! Every queue file stays mapped while the store is open; a store with very many queues and
 //! files needs a matching `vm.max_map_count`.
 
+use super::fsutil;
+pub(crate) use super::fsutil::{atomic_write as write_atomic, sync_dir as fsync_dir};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -219,33 +221,6 @@ pub(crate) fn parse20(s: &str) -> Option<u64> {
     }
 }
 
-/// fsync a directory so that creations, renames and removals in it are durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
-}
-
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    {
-        use std::os::fd::AsRawFd;
-        let len = libc::off_t::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
-        // SAFETY: `file` is an open descriptor borrowed for the duration of the call;
-        // posix_fallocate only operates on that descriptor and touches no Rust memory.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(())
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    {
-        file.set_len(len)
-    }
-}
-
 /// Create `path` with exactly `len` preallocated bytes, zero except for `init` at offset 0:
 /// written under `<name>.tmp`, fallocated, fsynced, renamed into place, directory fsynced.
 /// Returns the open file. A crash leaves either no file or the complete initialised one.
@@ -264,12 +239,14 @@ pub(crate) fn create_preallocated(path: &Path, len: u64, init: &[u8]) -> Result<
         .truncate(true)
         .open(&tmp)
         .map_err(|e| StoreError::io(&tmp, e))?;
-    let made = preallocate(&file, len)
-        .and_then(|()| file.write_all_at(init, 0))
-        .and_then(|()| file.sync_all());
+    let made = fsutil::preallocate(&file, &tmp, len).and_then(|()| {
+        file.write_all_at(init, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StoreError::io(&tmp, e))
+    });
     if let Err(e) = made {
         let _ = fs::remove_file(&tmp);
-        return Err(StoreError::io(&tmp, e));
+        return Err(e);
     }
     fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
     fsync_dir(dir)?;
@@ -283,24 +260,6 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<MmapMut> {
     // bytes past the end of the file. Concurrent modification by another process is outside
     // the store's contract (one process owns the data directory).
     unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| StoreError::io(path, e))
-}
-
-/// Replace `path` atomically with `bytes`: temp file, fsync, rename, fsync directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .ok_or_else(|| StoreError::Config(format!("{} has no parent", path.display())))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| StoreError::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
-    fsync_dir(dir)
 }
 
 /// First `o` in `lo..hi` with `!pred(o)`, given that `pred` holds on a prefix of the range.
