@@ -8,7 +8,15 @@
 //!   topic update NAME --queues N [--message-type ...] [--perm ...]
 //!   topic list
 //!   topic route NAME
+//!   topic status NAME
 //!   topic delete NAME
+//!   group create|update NAME [--max-attempts N] [--fifo]
+//!   group delete NAME
+//!   group list
+//!   group progress NAME --topic T
+//!   raft transfer-leader --to ID [--group G]
+//!   raft add-node --id ID --addr HOST:PORT [--voter] [--group G]
+//!   raft remove-node --id ID [--group G]
 //!   cluster
 //! ```
 //!
@@ -40,6 +48,16 @@
 //!   `lag` = the leader's last log index − the node's applied index (null if unknown),
 //!   `age_ms` = age of the nameserver's report (null with `--broker`), `reachable` = the node
 //!   answered `Admin/Status` now (then the Raft fields are its live answer).
+//!
+//! * `topic status`: `{"topic", "groups": [{"group", "queues": [{"queue_id", "min_offset",
+//!   "max_offset"}]}]}`;
+//! * `group create|update|delete`: `{"name", "ok", "groups": [{"group", "ok", "via",
+//!   "raft_index", "error"}]}`; `group list`: `{"consumer_groups": [{"name",
+//!   "max_delivery_attempts", "fifo", "broker_groups"}]}`; `group progress`:
+//!   `{"consumer_group", "topic", "broker_groups": [{"group", "queues": [{"queue_id",
+//!   "min_offset", "max_offset", "consumer_offset", "next_offset", "inflight", "lag"}]}]}`
+//!   (`consumer_offset` = everything below is acked; `lag` = `max_offset - consumer_offset`);
+//! * `raft ...`: `{"group", "action", "ok", "via", "raft_index", "error"}`.
 //!
 //! Perm values are `rw`, `r`, `w`; message types `normal`, `fifo`, `delay`, `transaction`;
 //! roles `leader`, `follower`, `candidate`, `learner`, `shutdown`. Missing numbers are null.
@@ -124,6 +142,12 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: GroupCmd,
     },
+    /// Raft membership and leadership: transfer-leader, add-node, remove-node.
+    Raft {
+        /// The raft command.
+        #[command(subcommand)]
+        cmd: RaftCmd,
+    },
     /// Every group's nodes: role, term, leader, commit/applied index, lag, version.
     Cluster,
 }
@@ -142,6 +166,53 @@ pub enum GroupCmd {
     },
     /// Every consumer group with its settings per broker group.
     List,
+    /// A consumer group's progress on a topic: per queue broker offset, consumer offset, lag.
+    Progress {
+        /// Consumer group name.
+        name: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+/// `raftmq admin raft` commands (membership and leadership of a broker group).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum RaftCmd {
+    /// Move leadership of a group to node `--to`.
+    TransferLeader {
+        /// Target node id.
+        #[arg(long)]
+        to: u64,
+        /// Broker group (needed when the nameservers know several).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Add a node as learner (it catches up, through a snapshot if needed); `--voter` then
+    /// promotes it.
+    AddNode {
+        /// New node id.
+        #[arg(long)]
+        id: u64,
+        /// Its address, HOST:PORT.
+        #[arg(long)]
+        addr: String,
+        /// Promote it to voter once it has caught up.
+        #[arg(long)]
+        voter: bool,
+        /// Broker group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Remove a node from the voters (and the group).
+    RemoveNode {
+        /// Node id.
+        #[arg(long)]
+        id: u64,
+        /// Broker group.
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 /// A consumer group's settings.
@@ -197,6 +268,11 @@ pub enum TopicCmd {
     Update(TopicSpec),
     /// Every topic with its queues per group.
     List,
+    /// Per group and queue: the oldest retained and the next offset.
+    Status {
+        /// Topic name.
+        name: String,
+    },
     /// A topic's route: per group, queues, leader and members.
     Route {
         /// Topic name.
@@ -809,6 +885,7 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
                     text: render(json, &out, list_table)?,
                 })
             }
+            TopicCmd::Status { name } => topic_status(&ctx, &name).await,
             TopicCmd::Route { name } => {
                 let mut topics = ctx.topics().await?;
                 let groups = topics
@@ -825,6 +902,7 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
             }
         },
         AdminCmd::Group { cmd } => consumer_group(&ctx, cmd).await,
+        AdminCmd::Raft { cmd } => raft_cmd(&ctx, cmd).await,
         AdminCmd::Cluster => {
             let out = cluster(&ctx).await?;
             Ok(Output {
@@ -833,6 +911,183 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
             })
         }
     }
+}
+
+async fn topic_status(ctx: &Ctx, name: &str) -> Result<Output, AdminError> {
+    let groups = ctx.groups().await?;
+    let mut out = Vec::new();
+    for g in &groups {
+        for addr in g.targets() {
+            let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                continue;
+            };
+            let Ok(topics) = c.list_topics(apb::ListTopicsRequest {}).await else {
+                continue;
+            };
+            let Some(t) = topics
+                .into_inner()
+                .topics
+                .into_iter()
+                .find(|t| t.name == name)
+            else {
+                break;
+            };
+            let mut queues = Vec::new();
+            for q in 0..t.queues {
+                let r = c
+                    .read_queue(apb::ReadQueueRequest {
+                        topic: name.to_string(),
+                        queue_id: q,
+                        offset: u64::MAX,
+                        max: 1,
+                    })
+                    .await
+                    .map_err(|s| rpc_err(&addr, &s))?
+                    .into_inner();
+                queues.push(serde_json::json!({
+                    "queue_id": q, "min_offset": r.min_offset, "max_offset": r.max_offset,
+                }));
+            }
+            out.push(serde_json::json!({ "group": g.name, "queues": queues }));
+            break;
+        }
+    }
+    if out.is_empty() {
+        return Err(AdminError::TopicNotFound(name.to_string()));
+    }
+    let v = serde_json::json!({ "topic": name, "groups": out });
+    let text = if ctx.args.json {
+        format!("{}\n", serde_json::to_string_pretty(&v)?)
+    } else {
+        let mut rows = Vec::new();
+        for g in &out {
+            for q in g["queues"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    g["group"].as_str().unwrap_or_default().to_string(),
+                    q["queue_id"].to_string(),
+                    q["min_offset"].to_string(),
+                    q["max_offset"].to_string(),
+                ]);
+            }
+        }
+        table(&["GROUP", "QUEUE", "MIN OFFSET", "MAX OFFSET"], &rows)
+    };
+    Ok(Output { ok: true, text })
+}
+
+async fn raft_cmd(ctx: &Ctx, cmd: RaftCmd) -> Result<Output, AdminError> {
+    let wanted = match &cmd {
+        RaftCmd::TransferLeader { group, .. }
+        | RaftCmd::AddNode { group, .. }
+        | RaftCmd::RemoveNode { group, .. } => group.clone(),
+    };
+    let groups = ctx.groups().await?;
+    let g = match (&wanted, groups.len()) {
+        (Some(w), _) => groups
+            .iter()
+            .find(|g| &g.name == w)
+            .ok_or_else(|| AdminError::Usage(format!("no broker group `{w}`")))?,
+        (None, 1) => &groups[0],
+        (None, n) => {
+            return Err(AdminError::Usage(format!(
+                "{n} broker groups known: give --group"
+            )));
+        }
+    };
+    let (action, write) = match cmd {
+        RaftCmd::TransferLeader { to, .. } => (
+            format!("transfer leadership to {to}"),
+            ctx.write_group(g, |mut c| async move {
+                c.transfer_leader(apb::TransferLeaderRequest { to }).await
+            })
+            .await,
+        ),
+        RaftCmd::AddNode {
+            id, addr, voter, ..
+        } => {
+            let a = addr.clone();
+            let w = ctx
+                .write_group(g, |mut c| {
+                    let addr = a.clone();
+                    async move {
+                        c.add_learner(apb::AddLearnerRequest { node_id: id, addr })
+                            .await
+                    }
+                })
+                .await;
+            if voter && w.ok {
+                let mut voters: Vec<u64> = g.nodes.keys().copied().collect();
+                if let Some(st) = g.targets().first()
+                    && let Ok(s) = ctx.status(st).await
+                {
+                    voters = s.voters.clone();
+                }
+                voters.push(id);
+                voters.sort_unstable();
+                voters.dedup();
+                let v2 = voters.clone();
+                let w2 = ctx
+                    .write_group(g, |mut c| {
+                        let voters = v2.clone();
+                        async move {
+                            c.change_membership(apb::ChangeMembershipRequest { voters })
+                                .await
+                        }
+                    })
+                    .await;
+                (
+                    format!("add node {id} at {addr} as voter (voters {voters:?})"),
+                    w2,
+                )
+            } else {
+                (format!("add node {id} at {addr} as learner"), w)
+            }
+        }
+        RaftCmd::RemoveNode { id, .. } => {
+            let mut voters: Vec<u64> = Vec::new();
+            for t in g.targets() {
+                if let Ok(s) = ctx.status(&t).await {
+                    voters = s.voters.clone();
+                    break;
+                }
+            }
+            voters.retain(|v| *v != id);
+            if voters.is_empty() {
+                return Err(AdminError::Usage("cannot remove the last voter".into()));
+            }
+            let v2 = voters.clone();
+            (
+                format!("remove node {id} (voters {voters:?})"),
+                ctx.write_group(g, |mut c| {
+                    let voters = v2.clone();
+                    async move {
+                        c.change_membership(apb::ChangeMembershipRequest { voters })
+                            .await
+                    }
+                })
+                .await,
+            )
+        }
+    };
+    let v = serde_json::json!({
+        "group": g.name, "action": action, "ok": write.ok, "via": write.via,
+        "raft_index": write.raft_index, "error": write.error,
+    });
+    let text = if ctx.args.json {
+        format!("{}\n", serde_json::to_string_pretty(&v)?)
+    } else {
+        format!(
+            "{}: {} {}\n",
+            g.name,
+            action,
+            if write.ok {
+                "ok".to_string()
+            } else {
+                format!("FAILED: {}", write.error.unwrap_or_default())
+            }
+        )
+    };
+    Ok(Output { ok: write.ok, text })
 }
 
 async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> {
@@ -913,6 +1168,82 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
                     write_table(&w)
                 },
             })
+        }
+        GroupCmd::Progress { name, topic } => {
+            let mut out = Vec::new();
+            for g in &groups {
+                let mut queues = None;
+                for addr in g.targets() {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                        continue;
+                    };
+                    let req = apb::GroupProgressRequest {
+                        group: name.clone(),
+                        topic: topic.clone(),
+                    };
+                    match c.group_progress(req).await {
+                        Ok(r) => {
+                            queues = Some(r.into_inner().queues);
+                            break;
+                        }
+                        Err(s) if s.code() == tonic::Code::NotFound => break,
+                        Err(_) => continue,
+                    }
+                }
+                if let Some(qs) = queues {
+                    out.push(serde_json::json!({
+                        "group": g.name,
+                        "queues": qs.iter().map(|q| serde_json::json!({
+                            "queue_id": q.queue_id, "min_offset": q.min_offset, "max_offset": q.max_offset,
+                            "consumer_offset": q.ack_offset, "next_offset": q.next_offset,
+                            "inflight": q.inflight, "lag": q.lag,
+                        })).collect::<Vec<_>>(),
+                    }));
+                }
+            }
+            if out.is_empty() {
+                return Err(AdminError::TopicNotFound(topic));
+            }
+            let v =
+                serde_json::json!({ "consumer_group": name, "topic": topic, "broker_groups": out });
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&v)?)
+            } else {
+                let mut rows = Vec::new();
+                for g in &out {
+                    for q in g["queues"].as_array().into_iter().flatten() {
+                        rows.push(
+                            [
+                                "queue_id",
+                                "max_offset",
+                                "consumer_offset",
+                                "inflight",
+                                "lag",
+                            ]
+                            .iter()
+                            .fold(
+                                vec![g["group"].as_str().unwrap_or_default().to_string()],
+                                |mut r, k| {
+                                    r.push(q[*k].to_string());
+                                    r
+                                },
+                            ),
+                        );
+                    }
+                }
+                table(
+                    &[
+                        "GROUP",
+                        "QUEUE",
+                        "BROKER OFFSET",
+                        "CONSUMER OFFSET",
+                        "INFLIGHT",
+                        "LAG",
+                    ],
+                    &rows,
+                )
+            };
+            Ok(Output { ok: true, text })
         }
         GroupCmd::List => {
             let mut by_name: BTreeMap<String, ConsumerGroupOut> = BTreeMap::new();

@@ -163,6 +163,36 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn group_progress(
+        &self,
+        req: Request<pb::GroupProgressRequest>,
+    ) -> Result<Response<pb::GroupProgressReply>, Status> {
+        let node = self.node()?;
+        let r = req.into_inner();
+        let topic = node
+            .sm
+            .topic(&r.topic)
+            .ok_or_else(|| Status::not_found(format!("topic `{}` does not exist", r.topic)))?;
+        let queues = (0..topic.queues)
+            .map(|q| {
+                let (_, min, max) = node.sm.units(&r.topic, q, 0, 0);
+                let st = node.sm.queue_state(&r.group, &r.topic, q);
+                // A group that never consumed starts at the queue's oldest retained offset.
+                let ack = st.ack_offset().max(min);
+                pb::QueueProgress {
+                    queue_id: q,
+                    min_offset: min,
+                    max_offset: max,
+                    ack_offset: ack,
+                    next_offset: st.next_offset.max(min),
+                    inflight: st.inflight.len() as u64,
+                    lag: max.saturating_sub(ack),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GroupProgressReply { queues }))
+    }
+
     async fn run_retention(
         &self,
         _: Request<pb::RetentionRequest>,
