@@ -76,6 +76,13 @@ fn spawn(exe: &std::path::Path, log: PathBuf, args: &[String]) -> anyhow::Result
 
 /// Run the dev cluster until Ctrl-C.
 pub fn run(a: DevArgs) -> anyhow::Result<()> {
+    // Signal handlers first: a Ctrl-C during start-up must still stop the children cleanly
+    // (without a handler the default action would kill only this process).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut signals = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        anyhow::Ok((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+    })?;
     let exe = std::env::current_exe().context("finding the raftmq binary")?;
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
@@ -165,25 +172,14 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Ctrl-C stops everything.");
 
-    wait_for_ctrl_c()?;
+    rt.block_on(async {
+        tokio::select! {
+            _ = signals.0.recv() => {}
+            _ = signals.1.recv() => {}
+        }
+    });
     println!("stopping...");
     children.stop();
     println!("stopped");
     Ok(())
-}
-
-fn wait_for_ctrl_c() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        anyhow::Ok(())
-    })
 }
