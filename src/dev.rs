@@ -78,10 +78,15 @@ fn spawn(exe: &std::path::Path, log: PathBuf, args: &[String]) -> anyhow::Result
 pub fn run(a: DevArgs) -> anyhow::Result<()> {
     // Signal handlers first: a Ctrl-C during start-up must still stop the children cleanly
     // (without a handler the default action would kill only this process).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut signals = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        anyhow::Ok((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
     })?;
     let exe = std::env::current_exe().context("finding the raftmq binary")?;
     std::fs::create_dir_all(&a.data_dir)

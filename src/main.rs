@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 mod dev;
+mod produce_consume;
 use clap::{Parser, Subcommand};
 use raftmq::storage::commitlog::{self, Inspection};
 
@@ -28,6 +29,10 @@ enum Cmd {
     Nameserver(raftmq::nameserver::NameserverArgs),
     /// Administer topics and inspect the cluster (through the nameservers or one node).
     Admin(Box<raftmq::admin_cli::AdminArgs>),
+    /// Send messages: MESSAGE arguments, stdin lines, or a generated load (`--count`).
+    Produce(Box<produce_consume::ProduceArgs>),
+    /// Receive (and ack) messages as a consumer group, until none is left or `--max`.
+    Consume(Box<produce_consume::ConsumeArgs>),
     /// Offline tools for a node's data directory (run them on a stopped node).
     Store {
         #[command(subcommand)]
@@ -79,6 +84,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Broker(args) => run_broker(*args),
         Cmd::Nameserver(args) => run_nameserver(args),
         Cmd::Admin(args) => run_admin(*args),
+        Cmd::Produce(args) => produce_consume::produce(*args),
+        Cmd::Consume(args) => produce_consume::consume(*args),
         Cmd::Store { cmd } => match cmd {
             StoreCmd::Verify { dir, json } => verify(&dir, json),
             StoreCmd::Dump {
@@ -137,6 +144,10 @@ struct BrokerArgs {
     /// Nameservers to register with, `HOST:PORT,HOST:PORT`.
     #[arg(long, env = "RAFTMQ_NAMESERVERS", value_delimiter = ',')]
     nameservers: Vec<String>,
+    /// Serve HTTP on HOST:PORT: /healthz, /readyz, /raftz (JSON), /metrics (Prometheus).
+    /// Off by default.
+    #[arg(long, env = "RAFTMQ_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 /// `64K`, `1M`, `2G`, or plain bytes.
@@ -184,6 +195,7 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|s| !s.trim().is_empty())
         .collect();
+    cfg.http_listen = a.http_listen;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;

@@ -830,6 +830,17 @@ impl MessagingService for MessagingSvc {
             };
             match self.try_pop(&node, &pr).await {
                 Ok(Some(msgs)) => {
+                    // Counted here, on the leader that recorded the delivery (a forwarding
+                    // follower only relays the stream): once per message handed out,
+                    // redeliveries included.
+                    let bytes: u64 = msgs.iter().map(|d| d.msg.body.len() as u64).sum();
+                    let labels = [
+                        ("topic", topic.name.clone()),
+                        ("consumer_group", group.clone()),
+                    ];
+                    metrics::counter!(super::http::MESSAGES_OUT, &labels)
+                        .increment(msgs.len() as u64);
+                    metrics::counter!(super::http::THROUGHPUT_OUT, &labels).increment(bytes);
                     let host = node.config.advertise.clone();
                     let mut items = vec![Ok(receive_status(ok()))];
                     for d in &msgs {

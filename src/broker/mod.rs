@@ -4,9 +4,11 @@
 //! * [`ops`] implements the requests: writes go through Raft on the leader (a follower
 //!   forwards them), reads come from the applied state of the node asked.
 //! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`].
+//! * [`http`] is the optional HTTP port: health, readiness, Raft status, Prometheus metrics.
 
 pub mod admin;
 pub mod error;
+pub mod http;
 pub mod messaging;
 pub mod node;
 pub mod ops;

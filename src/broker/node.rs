@@ -1,6 +1,9 @@
 //! One broker node: the CommitLog-backed log store, the dispatching state machine, openraft,
 //! and one gRPC port carrying the Raft transport and the admin service.
 //!
+//! With `http_listen` set, a second port serves HTTP: `/healthz`, `/readyz`, `/raftz` and
+//! Prometheus `/metrics` (see [`super::http`]).
+//!
 //! Start-up is idempotent: every node of a new group calls `initialize` with the same member
 //! list (which openraft turns into the same membership entry at index 0 on each), and a node
 //! whose log or vote is not empty is never re-initialised, so restarting any or all nodes
@@ -56,6 +59,9 @@ pub struct NodeConfig {
     pub retention_interval: Duration,
     /// Nameserver addresses (`host:port`) this node registers with and heartbeats to.
     pub nameservers: Vec<String>,
+    /// Address to bind the HTTP port to (health, readiness, Raft status, Prometheus
+    /// metrics); `None` = no HTTP port.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -76,6 +82,7 @@ impl NodeConfig {
             retention_bytes: None,
             retention_interval: Duration::from_secs(10),
             nameservers: Vec::new(),
+            http_listen: None,
         }
     }
 
@@ -182,6 +189,10 @@ pub struct Node {
     pub log: Arc<CommitLog>,
     /// Address the gRPC port is bound to.
     pub local_addr: SocketAddr,
+    /// Address the HTTP port is bound to (`None` without `http_listen`).
+    pub http_addr: Option<SocketAddr>,
+    /// Term of the vote this process started with (terms above it began while it ran).
+    pub(crate) start_term: u64,
     pub(crate) forwarder: super::ops::Forwarder,
     shutdown: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -197,9 +208,21 @@ impl Node {
         let mut lc = CommitLogConfig::new(&config.data_dir);
         lc.flush = config.flush;
         lc.segment_size = config.segment_size;
+        if config.http_listen.is_some() {
+            // Before anything is applied, so no counter increment is lost.
+            super::http::install_recorder();
+        }
         let store = LogStore::open(lc)?;
         let log = store.commitlog();
         let (sm, handle) = StateMachine::open(&config.data_dir, Arc::clone(&log))?;
+        // Only entries this process proposes count as messages stored by this node (see
+        // `SmHandle::count_messages_of`).
+        let start_term = store
+            .meta()
+            .map_err(|e| BrokerError::Internal(format!("raft metadata: {e}")))?
+            .vote
+            .map_or(0, |v| v.leader_id.term);
+        handle.count_messages_of(config.node_id, start_term, log.next_index()?);
         let raft_cfg = Arc::new(config.raft_config()?);
         let network = GrpcNetworkFactory::new(config.node_id, GrpcNetworkConfig::default());
         let raft = Raft::new(config.node_id, raft_cfg, network, store, sm)
@@ -212,6 +235,17 @@ impl Node {
         let local_addr = listener
             .local_addr()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let http = match config.http_listen {
+            Some(addr) => Some(super::http::bind(addr).await?),
+            None => None,
+        };
+        let http_addr = match &http {
+            Some(l) => Some(
+                l.local_addr()
+                    .map_err(|e| BrokerError::Internal(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (shutdown, mut rx) = watch::channel(false);
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
             let admin = super::admin::AdminService::new(weak.clone()).into_server();
@@ -237,6 +271,8 @@ impl Node {
                 sm: handle,
                 log,
                 local_addr,
+                http_addr,
+                start_term,
                 forwarder: super::ops::Forwarder::default(),
                 shutdown,
                 tasks: std::sync::Mutex::new(vec![server]),
@@ -252,6 +288,12 @@ impl Node {
         }
         if let Ok(mut t) = node.tasks.lock() {
             t.push(retention);
+        }
+        if let Some(listener) = http {
+            let tasks = super::http::spawn(&node, listener);
+            if let Ok(mut t) = node.tasks.lock() {
+                t.extend(tasks);
+            }
         }
         if !node.config.nameservers.is_empty() {
             let registration = super::register::spawn(Arc::clone(&node));

@@ -107,12 +107,25 @@ impl Node {
     }
 
     /// Propose a command on this node (which must be the leader).
+    ///
+    /// A successful write is timed from proposal to applied (when `client_write` returns) into
+    /// `raftmq_append_latency_seconds{command="messages"|"internal"}`; failed writes are not.
     async fn write_local(
         &self,
         cmd: Command,
     ) -> Result<Result<CommandResponse, Route>, BrokerError> {
+        let command = if cmd.kind == crate::storage::record::RecordKind::MESSAGE_BATCH.0 {
+            "messages"
+        } else {
+            "internal"
+        };
+        let started = std::time::Instant::now();
         match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(Ok(r.data)),
+            Ok(r) => {
+                metrics::histogram!(super::http::APPEND_LATENCY, "command" => command)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(Ok(r.data))
+            }
             Err(e) => self.write_error(e).map(Err),
         }
     }

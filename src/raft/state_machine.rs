@@ -15,6 +15,16 @@
 //!
 //! Consumers read only what has been applied, so they never see an uncommitted message.
 //!
+//! # Metrics
+//!
+//! `rocketmq_messages_in_total` and `rocketmq_throughput_in_total` (label `topic`) are counted
+//! here, when a message batch is applied, and only on the node that proposed the entry in its
+//! current process (see [`SmHandle::count_messages_of`]): every stored message is counted once
+//! in the whole group, never once per replica, and a producer retry that the recent-id window
+//! recognises is not counted again. Counting at apply rather than in the writer means that a
+//! client that gave up before the answer (its request future dropped) still has its stored
+//! messages counted.
+//!
 //! # Checkpoints and restart
 //!
 //! `state/checkpoint.json` holds the applied state (last applied log id, membership, topics,
@@ -38,7 +48,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -49,7 +59,8 @@ use serde::{Deserialize, Serialize};
 
 use super::consume::{ConsumeState, GroupConfig, HandleOutcome, Pop};
 use super::types::{
-    CommandResponse, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    CommandResponse, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
+    TypeConfig,
 };
 use crate::storage::commitlog::CommitLog;
 use crate::storage::dispatch::{DispatchConfig, Dispatcher};
@@ -416,6 +427,31 @@ struct SmCore {
     snapshot_target: Mutex<Option<u64>>,
     /// Last applied index, for long-polling readers.
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Which entries this process proposed, for the message metrics (see
+    /// [`SmHandle::count_messages_of`]).
+    metrics_origin: OnceLock<MetricsOrigin>,
+}
+
+/// What identifies the entries proposed by this process.
+#[derive(Debug, Clone, Copy)]
+struct MetricsOrigin {
+    node: NodeId,
+    start_term: u64,
+    start_next_index: u64,
+}
+
+/// Consumer lag of one queue for one group, computed from the applied state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerLag {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue: u32,
+    /// Queue max offset (one past the last message) minus the group's ack offset (its first
+    /// unacknowledged offset, never below the queue's min offset).
+    pub lag: u64,
 }
 
 /// openraft's side of the state machine.
@@ -469,6 +505,7 @@ impl StateMachine {
             current_snapshot: Mutex::new(snapshot),
             snapshot_target: Mutex::new(None),
             applied_tx: tokio::sync::watch::channel(0).0,
+            metrics_origin: OnceLock::new(),
         });
         Ok((
             StateMachine {
@@ -548,7 +585,7 @@ impl SmCore {
                 Bytes::new()
             }
             EntryPayload::Normal(cmd) if cmd.kind == RecordKind::MESSAGE_BATCH.0 => {
-                let places = self.apply_messages(inner, log_id.index)?;
+                let places = self.apply_messages(inner, log_id)?;
                 encode_batch_result(&places)
             }
             EntryPayload::Normal(cmd) if cmd.kind == INTERNAL_JSON_KIND => {
@@ -569,8 +606,8 @@ impl SmCore {
         Ok(data)
     }
 
-    fn apply_messages(&self, inner: &mut SmInner, index: u64) -> io::Result<Vec<Place>> {
-        let record = self.log.read(index)?;
+    fn apply_messages(&self, inner: &mut SmInner, log_id: LogId) -> io::Result<Vec<Place>> {
+        let record = self.log.read(log_id.index)?;
         let views = message::decode_batch(&record.payload).map_err(io_err)?;
         let mut places: Vec<Option<Place>> = Vec::with_capacity(views.len());
         let mut keep = Vec::with_capacity(views.len());
@@ -626,7 +663,18 @@ impl SmCore {
             }
         }
         inner.state.dispatched = inner.dispatcher.last_dispatched();
+        if self.proposed_here(log_id) {
+            count_messages_in(views.iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v));
+        }
         Ok(places.into_iter().flatten().collect())
+    }
+
+    /// Whether this process proposed the entry `log_id` (see [`SmHandle::count_messages_of`]).
+    fn proposed_here(&self, log_id: LogId) -> bool {
+        self.metrics_origin.get().is_some_and(|o| {
+            log_id.leader_id.node_id == o.node
+                && (log_id.leader_id.term > o.start_term || log_id.index >= o.start_next_index)
+        })
     }
 
     fn apply_internal(&self, inner: &mut SmInner, data: &[u8]) -> Bytes {
@@ -721,7 +769,66 @@ impl SmCore {
     }
 }
 
+/// Count newly stored messages: `rocketmq_messages_in_total` and
+/// `rocketmq_throughput_in_total` (body bytes), by topic.
+fn count_messages_in<'a>(stored: impl Iterator<Item = &'a MessageView>) {
+    let mut by_topic: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for v in stored {
+        let e = by_topic.entry(v.topic.as_str()).or_default();
+        e.0 += 1;
+        e.1 += v.body.len() as u64;
+    }
+    for (topic, (n, bytes)) in by_topic {
+        metrics::counter!("rocketmq_messages_in_total", "topic" => topic.to_string()).increment(n);
+        metrics::counter!("rocketmq_throughput_in_total", "topic" => topic.to_string())
+            .increment(bytes);
+    }
+}
+
 impl SmHandle {
+    /// Count in the message metrics the batches that node `me` proposes from now on: entries
+    /// led by `me` in a term above `start_term` (the term of the vote this process started
+    /// with), or at an index from `start_next_index` on (one past the last entry in the log
+    /// when this process opened it; a single-node group resumes leading in the same term).
+    /// An earlier process's entries that it applied (and so counted) were in its log, so
+    /// they fail both tests and are not counted again when re-applied after a restart. Set
+    /// once, before Raft starts; without it nothing is counted.
+    pub fn count_messages_of(&self, me: NodeId, start_term: u64, start_next_index: u64) {
+        let _ = self.core.metrics_origin.set(MetricsOrigin {
+            node: me,
+            start_term,
+            start_next_index,
+        });
+    }
+
+    /// Consumer lag of every queue of every topic a group has consumed from, as applied here.
+    pub fn consumer_lag(&self) -> Vec<ConsumerLag> {
+        let Some(g) = self.read() else {
+            return Vec::new();
+        };
+        let cq = g.dispatcher.consume_queue();
+        let mut out = Vec::new();
+        for (group, topics) in &g.state.consume.queues {
+            for (topic, queues) in topics {
+                let Some(t) = g.state.topics.get(topic) else {
+                    continue; // deleted topic
+                };
+                for q in 0..t.queues {
+                    let max = cq.max_offset(topic, q).unwrap_or(0);
+                    let min = cq.min_offset(topic, q).unwrap_or(0);
+                    let ack = queues.get(&q).map_or(0, |s| s.ack_offset()).max(min);
+                    out.push(ConsumerLag {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        queue: q,
+                        lag: max.saturating_sub(ack),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     fn read(&self) -> Option<std::sync::RwLockReadGuard<'_, SmInner>> {
         self.core.inner.read().ok()
     }
