@@ -12,6 +12,8 @@ use anyhow::Context;
 pub const NAMESERVER_PORT: u16 = 9876;
 /// Broker node `i` (1..=3) listens on `BROKER_BASE_PORT + i`.
 pub const BROKER_BASE_PORT: u16 = 8080;
+/// Broker node `i` serves HTTP (/healthz, /readyz, /raftz, /metrics) on `HTTP_BASE_PORT + i`.
+pub const HTTP_BASE_PORT: u16 = 9080;
 
 /// Flags of `raftmq dev`.
 #[derive(clap::Args, Debug)]
@@ -122,6 +124,8 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
             a.segment_size.clone(),
             "--nameservers".into(),
             ns.clone(),
+            "--http-listen".into(),
+            format!("127.0.0.1:{}", HTTP_BASE_PORT + i),
         ];
         children.0.push((
             format!("node {i}"),
@@ -164,7 +168,11 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     println!("raftmq dev cluster is up (data in {})", data.display());
     println!("  nameserver      {ns}   (RocketMQ access point / namesrvAddr)");
     for i in 1..=3u16 {
-        println!("  broker node {i}   127.0.0.1:{}", BROKER_BASE_PORT + i);
+        println!(
+            "  broker node {i}   127.0.0.1:{}   http://127.0.0.1:{}/metrics",
+            BROKER_BASE_PORT + i,
+            HTTP_BASE_PORT + i
+        );
     }
     println!("  leader          {leader}");
     println!("  logs            {}/*.log", data.display());

@@ -20,8 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start a nameserver and a 3-node broker group on 127.0.0.1 (ports 9876, 8081-8083)
-    /// as child processes; Ctrl-C stops them. Data survives restarts.
+    /// Start a nameserver and a 3-node broker group on 127.0.0.1 (ports 9876, 8081-8083, HTTP
+    /// 9081-9083) as child processes; Ctrl-C stops them. Data survives restarts.
     Dev(dev::DevArgs),
     /// Run one broker node (a member of a Raft broker group).
     Broker(Box<BrokerArgs>),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const PORTS: [u16; 4] = [9876, 8081, 8082, 8083];
+const PORTS: [u16; 7] = [9876, 8081, 8082, 8083, 9081, 9082, 9083];
 const NS: &str = "127.0.0.1:9876";
 const TOPIC: &str = "cli-dev-topic";
 const GROUP: &str = "cli-dev-group";
