@@ -1090,6 +1090,27 @@ async fn raft_cmd(ctx: &Ctx, cmd: RaftCmd) -> Result<Output, AdminError> {
     Ok(Output { ok: write.ok, text })
 }
 
+fn group_write_output(
+    json: bool,
+    name: String,
+    groups: Vec<GroupWrite>,
+    table: impl Fn(&ConsumerGroupWrite) -> String,
+) -> Result<Output, AdminError> {
+    let w = ConsumerGroupWrite {
+        name,
+        ok: !groups.is_empty() && groups.iter().all(|g| g.ok),
+        groups,
+    };
+    Ok(Output {
+        ok: w.ok,
+        text: if json {
+            format!("{}\n", serde_json::to_string_pretty(&w)?)
+        } else {
+            table(&w)
+        },
+    })
+}
+
 async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> {
     let json = ctx.args.json;
     let groups = ctx.groups().await?;
@@ -1114,60 +1135,38 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
     };
     match cmd {
         GroupCmd::Create(spec) | GroupCmd::Update(spec) => {
+            let req = apb::GroupConfig {
+                name: spec.name.clone(),
+                max_delivery_attempts: spec.max_attempts,
+                fifo: spec.fifo,
+            };
             let mut out = Vec::new();
             for g in &groups {
-                let req = apb::GroupConfig {
-                    name: spec.name.clone(),
-                    max_delivery_attempts: spec.max_attempts,
-                    fifo: spec.fifo,
-                };
+                let r = req.clone();
                 out.push(
                     ctx.write_group(g, |mut c| {
-                        let req = req.clone();
-                        async move { c.upsert_group(req).await }
+                        let r = r.clone();
+                        async move { c.upsert_group(r).await }
                     })
                     .await,
                 );
             }
-            let w = ConsumerGroupWrite {
-                name: spec.name,
-                ok: !out.is_empty() && out.iter().all(|g| g.ok),
-                groups: out,
-            };
-            Ok(Output {
-                ok: w.ok,
-                text: if json {
-                    format!("{}\n", serde_json::to_string_pretty(&w)?)
-                } else {
-                    write_table(&w)
-                },
-            })
+            group_write_output(json, spec.name, out, write_table)
         }
         GroupCmd::Delete { name } => {
+            let req = apb::DeleteGroupRequest { name: name.clone() };
             let mut out = Vec::new();
             for g in &groups {
-                let req = apb::DeleteGroupRequest { name: name.clone() };
+                let r = req.clone();
                 out.push(
                     ctx.write_group(g, |mut c| {
-                        let req = req.clone();
-                        async move { c.delete_group(req).await }
+                        let r = r.clone();
+                        async move { c.delete_group(r).await }
                     })
                     .await,
                 );
             }
-            let w = ConsumerGroupWrite {
-                name,
-                ok: !out.is_empty() && out.iter().all(|g| g.ok),
-                groups: out,
-            };
-            Ok(Output {
-                ok: w.ok,
-                text: if json {
-                    format!("{}\n", serde_json::to_string_pretty(&w)?)
-                } else {
-                    write_table(&w)
-                },
-            })
+            group_write_output(json, name, out, write_table)
         }
         GroupCmd::Progress { name, topic } => {
             let mut out = Vec::new();
