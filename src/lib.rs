@@ -6,6 +6,7 @@
 pub mod admin_cli;
 pub mod broker;
 pub mod client;
+pub mod config;
 pub mod nameserver;
 pub mod proto;
 pub mod protocol;

@@ -98,76 +98,95 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Flags of `raftmq broker`.
+/// Flags of `raftmq broker`. Every setting can also come from `RAFTMQ_*` environment
+/// variables or a TOML file (`--config`); flags override the environment, which overrides the
+/// file. Keys and defaults: see `raftmq::config`.
 #[derive(clap::Args, Debug)]
 struct BrokerArgs {
+    /// TOML config file (keys: the flag names with `_` instead of `-`).
+    #[arg(long, env = "RAFTMQ_CONFIG")]
+    config: Option<PathBuf>,
     /// Broker group name (all nodes of a group use the same).
     #[arg(long, env = "RAFTMQ_GROUP")]
-    group: String,
+    group: Option<String>,
     /// This node's id within the group.
     #[arg(long, env = "RAFTMQ_NODE_ID")]
-    node_id: u64,
-    /// Address to bind the node's gRPC port (Raft, admin and client services), HOST:PORT.
+    node_id: Option<u64>,
+    /// Address to bind the node's gRPC port (Raft, admin and client services), IP:PORT.
     #[arg(long, env = "RAFTMQ_LISTEN")]
-    listen: std::net::SocketAddr,
+    listen: Option<String>,
     /// Address others use to reach this node; defaults to this node's entry in --peers.
     #[arg(long, env = "RAFTMQ_ADVERTISE")]
     advertise: Option<String>,
     /// Initial members, `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (hosts may be DNS names).
-    /// Leave empty for a node that will be added later as a learner.
-    #[arg(long, env = "RAFTMQ_PEERS", default_value = "")]
-    peers: String,
-    /// Data directory.
+    #[arg(long, env = "RAFTMQ_PEERS")]
+    peers: Option<String>,
+    /// Start without peers, to be added later as a learner (`raftmq admin raft add-node`).
+    #[arg(long, env = "RAFTMQ_JOIN")]
+    join: bool,
+    /// Data directory (created if missing; must be writable).
     #[arg(long, env = "RAFTMQ_DATA_DIR")]
-    data_dir: PathBuf,
-    /// `sync`: acknowledge after fsync (default); `async`: fsync every 10 ms (weaker).
-    #[arg(long, env = "RAFTMQ_FLUSH", default_value = "sync")]
-    flush: raftmq::storage::FlushMode,
-    /// CommitLog segment size, e.g. `1G`, `64M`, `64K`.
-    #[arg(long, env = "RAFTMQ_SEGMENT_SIZE", default_value = "1G", value_parser = parse_size)]
-    segment_size: u64,
-    /// Raft heartbeat interval in milliseconds.
-    #[arg(long, env = "RAFTMQ_HEARTBEAT_MS", default_value_t = 100)]
-    heartbeat_ms: u64,
-    /// Minimum Raft election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MS", default_value_t = 500)]
-    election_timeout_ms: u64,
+    data_dir: Option<PathBuf>,
+    /// `sync` (default): acknowledge after fsync; `async`: fsync every 10 ms (weaker).
+    #[arg(long, env = "RAFTMQ_FLUSH")]
+    flush: Option<String>,
+    /// CommitLog segment size, e.g. `1G` (default), `64M`, `64K`.
+    #[arg(long, env = "RAFTMQ_SEGMENT_SIZE")]
+    segment_size: Option<String>,
+    /// Raft heartbeat interval in milliseconds (default 100).
+    #[arg(long, env = "RAFTMQ_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    /// Minimum Raft election timeout in milliseconds; the maximum is twice this (default 500).
+    #[arg(long, env = "RAFTMQ_ELECTION_TIMEOUT_MS")]
+    election_timeout_ms: Option<u64>,
     /// Delete whole segments older than this many seconds.
     #[arg(long, env = "RAFTMQ_RETENTION_SECS")]
     retention_secs: Option<u64>,
     /// Delete the oldest whole segments while the CommitLog is larger than this (e.g. `100G`).
-    #[arg(long, env = "RAFTMQ_RETENTION_BYTES", value_parser = parse_size)]
-    retention_bytes: Option<u64>,
-    /// How often retention runs, in seconds.
-    #[arg(long, env = "RAFTMQ_RETENTION_INTERVAL_SECS", default_value_t = 10)]
-    retention_interval_secs: u64,
+    #[arg(long, env = "RAFTMQ_RETENTION_BYTES")]
+    retention_bytes: Option<String>,
+    /// How often retention runs, in seconds (default 10).
+    #[arg(long, env = "RAFTMQ_RETENTION_INTERVAL_SECS")]
+    retention_interval_secs: Option<u64>,
     /// Nameservers to register with, `HOST:PORT,HOST:PORT`.
     #[arg(long, env = "RAFTMQ_NAMESERVERS", value_delimiter = ',')]
-    nameservers: Vec<String>,
-    /// Serve HTTP on HOST:PORT: /healthz, /readyz, /raftz (JSON), /metrics (Prometheus).
+    nameservers: Option<Vec<String>>,
+    /// Serve HTTP on IP:PORT: /healthz, /readyz, /raftz (JSON), /metrics (Prometheus).
     /// Off by default.
     #[arg(long, env = "RAFTMQ_HTTP_LISTEN")]
-    http_listen: Option<std::net::SocketAddr>,
+    http_listen: Option<String>,
 }
 
-/// `64K`, `1M`, `2G`, or plain bytes.
+impl BrokerArgs {
+    fn settings(self) -> raftmq::config::BrokerSettings {
+        raftmq::config::BrokerSettings {
+            group: self.group,
+            node_id: self.node_id,
+            listen: self.listen,
+            advertise: self.advertise,
+            peers: self.peers,
+            join: self.join.then_some(true),
+            data_dir: self.data_dir,
+            flush: self.flush,
+            segment_size: self.segment_size,
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            retention_secs: self.retention_secs,
+            retention_bytes: self.retention_bytes,
+            retention_interval_secs: self.retention_interval_secs,
+            nameservers: self.nameservers,
+            http_listen: self.http_listen,
+        }
+    }
+}
+
+/// `64K`, `1M`, `2G`, or plain bytes (shared with `produce`).
 fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64K, 16M or 1G"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+    raftmq::config::parse_size(s)
 }
 
 fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
-    use raftmq::broker::{Node, NodeConfig};
+    use raftmq::broker::Node;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -175,27 +194,11 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let peers = raftmq::broker::node::parse_peers(&a.peers).context("--peers")?;
-    let mut cfg = NodeConfig::new(&a.group, a.node_id, a.listen, a.data_dir);
-    cfg.advertise = match (&a.advertise, peers.get(&a.node_id)) {
-        (Some(x), _) => x.clone(),
-        (None, Some(x)) => x.clone(),
-        (None, None) => a.listen.to_string(),
+    let file = match &a.config {
+        Some(p) => raftmq::config::BrokerSettings::from_file(p)?,
+        None => Default::default(),
     };
-    cfg.peers = peers;
-    cfg.flush = a.flush;
-    cfg.segment_size = a.segment_size;
-    cfg.heartbeat = std::time::Duration::from_millis(a.heartbeat_ms);
-    cfg.election_timeout = std::time::Duration::from_millis(a.election_timeout_ms);
-    cfg.retention_time = a.retention_secs.map(std::time::Duration::from_secs);
-    cfg.retention_bytes = a.retention_bytes;
-    cfg.retention_interval = std::time::Duration::from_secs(a.retention_interval_secs.max(1));
-    cfg.nameservers = a
-        .nameservers
-        .into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .collect();
-    cfg.http_listen = a.http_listen;
+    let cfg = a.settings().over(file).into_node_config()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;

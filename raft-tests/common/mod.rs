@@ -132,11 +132,14 @@ impl Cluster {
             &format!("127.0.0.1:{}", node.port),
             "--advertise",
             &format!("127.0.0.1:{}", node.port),
-            "--peers",
-            &node.peers,
             "--data-dir",
             node.dir.to_str().expect("utf-8 path"),
         ])
+        .args(if node.peers.is_empty() {
+            vec!["--join".to_string()]
+        } else {
+            vec!["--peers".to_string(), node.peers.clone()]
+        })
         .args(&node.extra)
         .env("RUST_LOG", "info,openraft=warn")
         .stdin(Stdio::null())
