@@ -14,8 +14,26 @@ use raftmq::storage::commitlog::{self, Inspection};
 #[derive(Parser, Debug)]
 #[command(name = "raftmq", version, about)]
 struct Cli {
+    /// Log format of server processes (broker, nameserver): `human` or `json` (one JSON object
+    /// per line, for log shippers). The level comes from `RUST_LOG`.
+    #[arg(long, global = true, env = "RAFTMQ_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Logging for the server processes: human-readable by default, JSON lines on request.
+fn init_logs(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,8 +99,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Dev(args) => dev::run(args).map(|()| ExitCode::SUCCESS),
-        Cmd::Broker(args) => run_broker(*args),
-        Cmd::Nameserver(args) => run_nameserver(args),
+        Cmd::Broker(args) => run_broker(*args, &cli.log_format),
+        Cmd::Nameserver(args) => run_nameserver(args, &cli.log_format),
         Cmd::Admin(args) => run_admin(*args),
         Cmd::Produce(args) => produce_consume::produce(*args),
         Cmd::Consume(args) => produce_consume::consume(*args),
@@ -185,15 +203,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
     raftmq::config::parse_size(s)
 }
 
-fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
+fn run_broker(a: BrokerArgs, log_format: &str) -> anyhow::Result<ExitCode> {
     use raftmq::broker::Node;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(log_format, "info,openraft=warn");
     let file = match &a.config {
         Some(p) => raftmq::config::BrokerSettings::from_file(p)?,
         None => Default::default(),
@@ -216,15 +228,12 @@ fn run_broker(a: BrokerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_nameserver(a: raftmq::nameserver::NameserverArgs) -> anyhow::Result<ExitCode> {
+fn run_nameserver(
+    a: raftmq::nameserver::NameserverArgs,
+    log_format: &str,
+) -> anyhow::Result<ExitCode> {
     use raftmq::nameserver::Nameserver;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(log_format, "info");
     let cfg = a.config()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {

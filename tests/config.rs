@@ -133,8 +133,11 @@ fn a_node_starts_from_a_config_file_and_flags_override_it() {
     )
     .expect("write");
     // The file's bad `flush` is overridden by the flag, so the node starts.
+    let log = t.path().join("node.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_raftmq"))
         .args([
+            "--log-format",
+            "json",
             "broker",
             "--config",
             f.to_str().expect("utf-8"),
@@ -142,12 +145,15 @@ fn a_node_starts_from_a_config_file_and_flags_override_it() {
             "sync",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(20);
     let up = loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // Up = the port answers and the start-up line has been logged.
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("serving on"))
+        {
             break true;
         }
         if child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
@@ -158,6 +164,15 @@ fn a_node_starts_from_a_config_file_and_flags_override_it() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(up, "node did not start from its config file");
+    // `--log-format json`: every log line is one JSON object.
+    let logs = std::fs::read_to_string(&log).expect("read log");
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.iter().any(|l| l.contains("serving on")), "{logs}");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
     // 64K segments from the file are in effect.
     let seg = std::fs::read_dir(t.path().join("data").join("commitlog"))
         .expect("commitlog dir")
