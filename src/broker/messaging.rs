@@ -38,7 +38,7 @@ use crate::proto::apache::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
 };
 use crate::proto::raftmq::admin as pb;
-use crate::protocol::route::{self, GroupRoute};
+use crate::protocol::route::{self, GroupRoute, status};
 use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, TopicConfig, TopicMessageType};
@@ -58,13 +58,6 @@ const SEND_FAILOVER_WAIT: Duration = Duration::from_millis(2500);
 const FORWARDED: &str = "x-raftmq-forwarded";
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-fn status(code: v2::Code, message: impl Into<String>) -> v2::Status {
-    v2::Status {
-        code: code as i32,
-        message: message.into(),
-    }
-}
 
 fn ok() -> v2::Status {
     status(v2::Code::Ok, "OK")
