@@ -10,7 +10,7 @@
 //!   topic route NAME
 //!   topic status NAME
 //!   topic delete NAME
-//!   group create|update NAME [--max-attempts N] [--fifo]
+//!   group create|update NAME [--max-attempts N] [--fifo] [--broadcast] [--retry-backoff 1s,5s,..]
 //!   group delete NAME
 //!   group list
 //!   group progress NAME --topic T
@@ -226,6 +226,14 @@ pub struct GroupSpec {
     /// Orderly consumption: a queue's next message only after the previous one is acked.
     #[arg(long)]
     pub fifo: bool,
+    /// Broadcasting: every consumer of the group gets every message (default: clustering,
+    /// the consumers share the messages).
+    #[arg(long)]
+    pub broadcast: bool,
+    /// Redelivery delays after failed consumptions, e.g. `1s,5s,10s` (attempt n waits the
+    /// n-th; the last repeats). Default: 1s,5s,10s,30s,1m,2m,...,2h.
+    #[arg(long, value_parser = crate::duration::parse_list)]
+    pub retry_backoff: Option<Vec<std::time::Duration>>,
 }
 
 /// Output of `group create|update|delete`.
@@ -255,8 +263,22 @@ pub struct ConsumerGroupOut {
     pub max_delivery_attempts: u32,
     /// Orderly consumption.
     pub fifo: bool,
+    /// Broadcasting consumption.
+    pub broadcast: bool,
+    /// Redelivery delays, e.g. `["1s", "5s"]`.
+    pub retry_backoff: Vec<String>,
     /// Broker groups that have it.
     pub broker_groups: Vec<String>,
+}
+
+/// `1500` → `1500ms`, `5000` → `5s`, `120000` → `2m`, `7200000` → `2h`.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        m if m % 3_600_000 == 0 && m > 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 && m > 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
 }
 
 /// `raftmq admin topic` commands.
@@ -1139,6 +1161,13 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
                 name: spec.name.clone(),
                 max_delivery_attempts: spec.max_attempts,
                 fifo: spec.fifo,
+                broadcast: spec.broadcast,
+                retry_backoff_ms: spec
+                    .retry_backoff
+                    .iter()
+                    .flatten()
+                    .map(|d| d.as_millis() as u64)
+                    .collect(),
             };
             let mut out = Vec::new();
             for g in &groups {
@@ -1259,6 +1288,12 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
                             name: cg.name,
                             max_delivery_attempts: cg.max_delivery_attempts,
                             fifo: cg.fifo,
+                            broadcast: cg.broadcast,
+                            retry_backoff: cg
+                                .retry_backoff_ms
+                                .iter()
+                                .map(|ms| human_ms(*ms))
+                                .collect(),
                             broker_groups: Vec::new(),
                         });
                         e.broker_groups.push(g.name.clone());
@@ -1280,11 +1315,27 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
                             g.name.clone(),
                             g.max_delivery_attempts.to_string(),
                             g.fifo.to_string(),
+                            if g.broadcast {
+                                "broadcast".into()
+                            } else {
+                                "clustering".into()
+                            },
+                            g.retry_backoff.join(","),
                             g.broker_groups.join(","),
                         ]
                     })
                     .collect();
-                table(&["NAME", "MAX ATTEMPTS", "FIFO", "BROKER GROUPS"], &rows)
+                table(
+                    &[
+                        "NAME",
+                        "MAX ATTEMPTS",
+                        "FIFO",
+                        "MODE",
+                        "RETRY BACKOFF",
+                        "BROKER GROUPS",
+                    ],
+                    &rows,
+                )
             };
             Ok(Output { ok: true, text })
         }

@@ -1,36 +1,56 @@
-//! The broker's typed configuration: a TOML file (`--config`), then `RAFTMQ_*` environment
-//! variables, then flags — a later source overrides an earlier one, key by key. Everything is
-//! validated before the node opens anything, and every error names the key.
+//! Typed configuration of the server processes, `raftmq broker` and `raftmq nameserver`: a TOML
+//! file (`--config`), then environment variables, then flags — a later source overrides an
+//! earlier one, key by key. Everything is validated before the process opens anything, and
+//! every error names the key (`config key `listen`: ...`, or for a file the TOML error, which
+//! quotes the offending line).
 //!
-//! Keys (the file uses these names; flags are `--key-with-dashes`, env `RAFTMQ_KEY`):
+//! Naming: a file key `some_key` is the flag `--some-key`; its environment variable is
+//! `RAFTMQ_SOME_KEY` for the broker and `RAFTMQ_NAMESERVER_SOME_KEY` for the nameserver (a
+//! separate prefix, so one shell or container can configure both without collisions). The
+//! config file itself comes from `--config` or `RAFTMQ_CONFIG` (broker) /
+//! `RAFTMQ_NAMESERVER_CONFIG` (nameserver). Commented examples: `deploy/conf/`.
+//!
+//! Broker keys ([`BrokerSettings`]):
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `group` | broker group name | required |
+//! | `group` | broker group name (letters, digits, `-`, `_`) | required |
 //! | `node_id` | this node's id | required |
-//! | `listen` | gRPC `HOST:PORT` to bind | required |
-//! | `advertise` | address others use to reach this node | this node's `peers` entry |
+//! | `listen` | gRPC `IP:PORT` to bind | required |
+//! | `advertise` | `HOST:PORT` others use to reach this node | this node's `peers` entry |
 //! | `peers` | initial members `1=HOST:PORT,2=...` | required unless `join = true` |
 //! | `join` | start without peers, to be added later as a learner | `false` |
 //! | `data_dir` | data directory (created; must be writable) | required |
 //! | `flush` | `sync` (ack after fsync) or `async` (fsync every 10 ms) | `sync` |
-//! | `segment_size` | CommitLog segment size (`64K`, `64M`, `1G`) | `1G` |
+//! | `segment_size` | CommitLog segment size (`64K`, `64M`, `1G`; multiple of 4K) | `1G` |
 //! | `heartbeat_ms` | Raft heartbeat interval | `100` |
-//! | `election_timeout_ms` | minimum election timeout (max is twice) | `500` |
+//! | `election_timeout_ms` | minimum election timeout (max is twice), ≥ 3 heartbeats | `500` |
 //! | `retention_secs` | delete whole segments older than this | none |
 //! | `retention_bytes` | keep the CommitLog below this size (`100G`) | none |
 //! | `retention_interval_secs` | how often retention runs | `10` |
-//! | `nameservers` | nameservers to register with (list) | none |
-//! | `http_listen` | HTTP `HOST:PORT` for health and metrics | off |
+//! | `nameservers` | nameservers to register with (list of `HOST:PORT`) | none |
+//! | `http_listen` | HTTP `IP:PORT` for health and metrics | off |
+//! | `max_delay` | longest delay a delay message may ask for (`500ms`, `30s`, `5m`, `24h`, `2d`) | `24h` |
+//! | `transaction_check_interval` | check back a transaction half message unresolved this long, then again every interval | `30s` |
+//! | `transaction_max_checks` | discard a half message after this many unanswered check-backs | `15` |
+//!
+//! Nameserver keys ([`NameserverSettings`]):
+//!
+//! | key | meaning | default |
+//! |---|---|---|
+//! | `listen` | gRPC `IP:PORT` to bind (route registry + RocketMQ access point) | `0.0.0.0:9876` |
+//! | `node_timeout_ms` | drop a broker node silent this long; ≥ 150 | `3000` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::broker::NodeConfig;
 use crate::broker::node::parse_peers;
+use crate::nameserver::{DEFAULT_NODE_TIMEOUT, NameserverConfig};
 use crate::storage::FlushMode;
 
 /// A configuration error; the message names the offending key.
@@ -69,42 +89,81 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Broker settings from one source; `None` = not given by that source.
+/// Read a TOML file into settings; unknown keys and wrong types are errors that name the key.
+fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().replace('\n', " "),
+    })
+}
+
+/// `IP:PORT` to bind.
+fn parse_listen(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("`{s}` is not an IP:PORT address")))
+}
+
+/// `HOST:PORT` to connect to (host: DNS name, IPv4, or `[IPv6]`).
+fn check_host_port(key: &'static str, s: &str) -> Result<(), ConfigError> {
+    parse_peers(&format!("0={s}"))
+        .map(|_| ())
+        .map_err(|_| invalid(key, format!("`{s}` is not a HOST:PORT address")))
+}
+
+/// Broker settings from one source; `None` = not given by that source. The keys are
+/// documented in the module table and in `deploy/conf/broker-1.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// See the module table.
+    /// Broker group name; every member of one Raft group uses the same. Required.
     pub group: Option<String>,
-    /// See the module table.
+    /// This node's id within the group (one of the ids in `peers`). Required.
     pub node_id: Option<u64>,
-    /// See the module table.
+    /// `IP:PORT` to bind the gRPC port (Raft, admin and client services). Required.
     pub listen: Option<String>,
-    /// See the module table.
+    /// `HOST:PORT` other nodes and clients use to reach this node; default: this node's entry
+    /// in `peers` (or `listen` for a joining node).
     pub advertise: Option<String>,
-    /// See the module table.
+    /// Initial members, `1=HOST:PORT,2=HOST:PORT,...`. Required unless `join`.
     pub peers: Option<String>,
-    /// See the module table.
+    /// Start without peers, to be added later as a learner. Default `false`.
     pub join: Option<bool>,
-    /// See the module table.
+    /// Data directory; created if missing, must be writable. Required.
     pub data_dir: Option<PathBuf>,
-    /// See the module table.
+    /// `sync` (acknowledge after fsync, default) or `async` (fsync every 10 ms).
     pub flush: Option<String>,
-    /// See the module table.
+    /// CommitLog segment size: `64K`, `64M`, `1G` (default) or bytes; a multiple of 4 KiB.
     pub segment_size: Option<String>,
-    /// See the module table.
+    /// Raft heartbeat interval in milliseconds (default 100).
     pub heartbeat_ms: Option<u64>,
-    /// See the module table.
+    /// Minimum Raft election timeout in milliseconds, at least 3 heartbeats; the maximum is
+    /// twice this (default 500).
     pub election_timeout_ms: Option<u64>,
-    /// See the module table.
+    /// Delete whole CommitLog segments older than this many seconds (default: no age limit).
     pub retention_secs: Option<u64>,
-    /// See the module table.
+    /// Delete the oldest whole segments while the CommitLog is larger than this, e.g. `100G`
+    /// (default: no size limit).
     pub retention_bytes: Option<String>,
-    /// See the module table.
+    /// How often retention runs, in seconds (default 10; 0 means 1).
     pub retention_interval_secs: Option<u64>,
-    /// See the module table.
+    /// Nameservers to register with, each `HOST:PORT` (an entry may hold a comma-separated
+    /// list). Default: none.
     pub nameservers: Option<Vec<String>>,
-    /// See the module table.
+    /// `IP:PORT` for HTTP `/healthz`, `/readyz`, `/raftz`, `/metrics`. Default: off.
     pub http_listen: Option<String>,
+    /// Longest delay a delay message may ask for, e.g. `24h` (default); later delivery
+    /// times are refused with ILLEGAL_DELIVERY_TIME.
+    pub max_delay: Option<String>,
+    /// A transaction half message unresolved this long is checked back through a producer's
+    /// Telemetry stream, then again every interval, e.g. `30s` (default).
+    pub transaction_check_interval: Option<String>,
+    /// After this many unanswered check-backs a half message is discarded (default 15).
+    pub transaction_max_checks: Option<u32>,
 }
 
 /// `64K`, `1M`, `2G`, or plain bytes.
@@ -126,14 +185,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 impl BrokerSettings {
     /// Read a TOML file; unknown keys are errors.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().replace('\n', " "),
-        })
+        read_toml(path)
     }
 
     /// `self` over `base`, key by key.
@@ -157,6 +209,11 @@ impl BrokerSettings {
                 .or(base.retention_interval_secs),
             nameservers: self.nameservers.or(base.nameservers),
             http_listen: self.http_listen.or(base.http_listen),
+            max_delay: self.max_delay.or(base.max_delay),
+            transaction_check_interval: self
+                .transaction_check_interval
+                .or(base.transaction_check_interval),
+            transaction_max_checks: self.transaction_max_checks.or(base.transaction_max_checks),
         }
     }
 
@@ -166,15 +223,23 @@ impl BrokerSettings {
         let group = self
             .group
             .ok_or_else(|| invalid("group", "missing (flag --group, env RAFTMQ_GROUP)"))?;
+        if group.is_empty()
+            || !group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "group",
+                format!("`{group}` must be non-empty and use only letters, digits, `-` and `_`"),
+            ));
+        }
         let node_id = self
             .node_id
             .ok_or_else(|| invalid("node_id", "missing (flag --node-id, env RAFTMQ_NODE_ID)"))?;
         let listen_s = self
             .listen
             .ok_or_else(|| invalid("listen", "missing (flag --listen, env RAFTMQ_LISTEN)"))?;
-        let listen: SocketAddr = listen_s
-            .parse()
-            .map_err(|_| invalid("listen", format!("`{listen_s}` is not an IP:PORT address")))?;
+        let listen = parse_listen("listen", &listen_s)?;
         let data_dir = self
             .data_dir
             .ok_or_else(|| invalid("data_dir", "missing (flag --data-dir, env RAFTMQ_DATA_DIR)"))?;
@@ -195,9 +260,21 @@ impl BrokerSettings {
                 "a joining node has no initial peers; remove `peers` or `join`",
             ));
         }
+        if !peers.is_empty() && !peers.contains_key(&node_id) {
+            return Err(invalid(
+                "node_id",
+                format!(
+                    "{node_id} is not one of the ids in `peers` ({:?})",
+                    peers.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
         let mut cfg = NodeConfig::new(&group, node_id, listen, data_dir);
         cfg.advertise = match (&self.advertise, peers.get(&node_id)) {
-            (Some(x), _) => x.clone(),
+            (Some(x), _) => {
+                check_host_port("advertise", x)?;
+                x.trim().to_string()
+            }
             (None, Some(x)) => x.clone(),
             (None, None) => listen.to_string(),
         };
@@ -206,17 +283,54 @@ impl BrokerSettings {
             cfg.flush = f.parse::<FlushMode>().map_err(|e| invalid("flush", e))?;
         }
         if let Some(s) = &self.segment_size {
-            cfg.segment_size = parse_size(s).map_err(|e| invalid("segment_size", e))?;
+            let n = parse_size(s).map_err(|e| invalid("segment_size", e))?;
+            if n < 4096 || n % 4096 != 0 {
+                return Err(invalid(
+                    "segment_size",
+                    format!("`{s}` must be a multiple of 4K (4096 bytes)"),
+                ));
+            }
+            cfg.segment_size = n;
         }
         if let Some(ms) = self.heartbeat_ms {
+            if ms == 0 {
+                return Err(invalid("heartbeat_ms", "must be at least 1"));
+            }
             cfg.heartbeat = Duration::from_millis(ms);
         }
         if let Some(ms) = self.election_timeout_ms {
             cfg.election_timeout = Duration::from_millis(ms);
         }
+        if cfg.election_timeout < cfg.heartbeat * 3 {
+            return Err(invalid(
+                "election_timeout_ms",
+                format!(
+                    "{} ms is less than 3 heartbeat intervals (heartbeat_ms = {})",
+                    cfg.election_timeout.as_millis(),
+                    cfg.heartbeat.as_millis()
+                ),
+            ));
+        }
         cfg.retention_time = self.retention_secs.map(Duration::from_secs);
         if let Some(b) = &self.retention_bytes {
             cfg.retention_bytes = Some(parse_size(b).map_err(|e| invalid("retention_bytes", e))?);
+        }
+        if let Some(d) = &self.max_delay {
+            cfg.max_delay = crate::duration::parse(d).map_err(|e| invalid("max_delay", e))?;
+        }
+        if let Some(d) = &self.transaction_check_interval {
+            let d =
+                crate::duration::parse(d).map_err(|e| invalid("transaction_check_interval", e))?;
+            if d < Duration::from_millis(100) {
+                return Err(invalid(
+                    "transaction_check_interval",
+                    "must be at least 100ms",
+                ));
+            }
+            cfg.transaction_check_interval = d;
+        }
+        if let Some(n) = self.transaction_max_checks {
+            cfg.transaction_max_checks = n;
         }
         if let Some(s) = self.retention_interval_secs {
             cfg.retention_interval = Duration::from_secs(s.max(1));
@@ -232,14 +346,23 @@ impl BrokerSettings {
             })
             .filter(|s| !s.is_empty())
             .collect();
-        if let Some(h) = &self.http_listen {
-            cfg.http_listen =
-                Some(h.parse().map_err(|_| {
-                    invalid("http_listen", format!("`{h}` is not an IP:PORT address"))
-                })?);
+        for ns in &cfg.nameservers {
+            check_host_port("nameservers", ns)?;
         }
-        cfg.validate()
-            .map_err(|e| invalid("group", e.to_string()))?;
+        if let Some(h) = &self.http_listen {
+            cfg.http_listen = Some(parse_listen("http_listen", h)?);
+        }
+        // Everything the node itself checks was checked above, key by key; this only guards
+        // against a rule added there later.
+        cfg.validate().map_err(|e| {
+            let m = e.to_string();
+            let key = ["group", "peers", "election", "heartbeat"]
+                .into_iter()
+                .zip(["group", "peers", "election_timeout_ms", "heartbeat_ms"])
+                .find(|(word, _)| m.contains(word))
+                .map_or("group", |(_, key)| key);
+            invalid(key, m)
+        })?;
         check_writable(&cfg.data_dir)?;
         Ok(cfg)
     }
@@ -257,6 +380,69 @@ fn check_writable(dir: &Path) -> Result<(), ConfigError> {
                 format!("{} is not writable: {e}", dir.display()),
             )
         })
+}
+
+/// Shortest `node_timeout_ms`: brokers heartbeat at most every
+/// [`crate::broker::register::MIN_INTERVAL`] (50 ms), and a node must get three heartbeats
+/// into every timeout.
+pub const MIN_NODE_TIMEOUT_MS: u64 = 3 * crate::broker::register::MIN_INTERVAL.as_millis() as u64;
+
+/// Default nameserver `listen`.
+pub const DEFAULT_NAMESERVER_LISTEN: &str = "0.0.0.0:9876";
+
+/// Nameserver settings from one source; `None` = not given by that source. The keys are
+/// documented in the module table and in `deploy/conf/nameserver.toml`. The nameserver is
+/// stateless: it has no data directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameserverSettings {
+    /// `IP:PORT` to bind the gRPC port (route registry and the RocketMQ `MessagingService`
+    /// access point). Default `0.0.0.0:9876`.
+    pub listen: Option<String>,
+    /// Drop a broker node that has not reported for this many milliseconds (default 3000,
+    /// at least 150). Nodes heartbeat every third of it (at most every second).
+    pub node_timeout_ms: Option<u64>,
+}
+
+impl NameserverSettings {
+    /// Read a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        read_toml(path)
+    }
+
+    /// `self` over `base`, key by key.
+    pub fn over(self, base: NameserverSettings) -> NameserverSettings {
+        NameserverSettings {
+            listen: self.listen.or(base.listen),
+            node_timeout_ms: self.node_timeout_ms.or(base.node_timeout_ms),
+        }
+    }
+
+    /// Validate and build the nameserver configuration.
+    pub fn into_nameserver_config(self) -> Result<NameserverConfig, ConfigError> {
+        let listen = parse_listen(
+            "listen",
+            self.listen.as_deref().unwrap_or(DEFAULT_NAMESERVER_LISTEN),
+        )?;
+        let node_timeout = match self.node_timeout_ms {
+            None => DEFAULT_NODE_TIMEOUT,
+            Some(ms) if ms < MIN_NODE_TIMEOUT_MS => {
+                return Err(invalid(
+                    "node_timeout_ms",
+                    format!(
+                        "{ms} is too short: brokers heartbeat at most every {} ms and need three \
+                         heartbeats per timeout, so the minimum is {MIN_NODE_TIMEOUT_MS}",
+                        MIN_NODE_TIMEOUT_MS / 3
+                    ),
+                ));
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        Ok(NameserverConfig {
+            listen,
+            node_timeout,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ pub mod admin_cli;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod duration;
+pub mod filter;
 pub mod nameserver;
 pub mod proto;
 pub mod protocol;

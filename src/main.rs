@@ -173,6 +173,16 @@ struct BrokerArgs {
     /// Off by default.
     #[arg(long, env = "RAFTMQ_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Longest delay a delay message may ask for (e.g. `24h`, the default).
+    #[arg(long, env = "RAFTMQ_MAX_DELAY")]
+    max_delay: Option<String>,
+    /// Check back transaction half messages unresolved this long, then every interval
+    /// (default `30s`).
+    #[arg(long, env = "RAFTMQ_TRANSACTION_CHECK_INTERVAL")]
+    transaction_check_interval: Option<String>,
+    /// Discard a half message after this many unanswered check-backs (default 15).
+    #[arg(long, env = "RAFTMQ_TRANSACTION_MAX_CHECKS")]
+    transaction_max_checks: Option<u32>,
 }
 
 impl BrokerArgs {
@@ -194,6 +204,9 @@ impl BrokerArgs {
             retention_interval_secs: self.retention_interval_secs,
             nameservers: self.nameservers,
             http_listen: self.http_listen,
+            max_delay: self.max_delay,
+            transaction_check_interval: self.transaction_check_interval,
+            transaction_max_checks: self.transaction_max_checks,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! 1.0.8, pinned in `tests/node/package.json` and `package-lock.json`): a nameserver and a
 //! 3-node group as separate `raftmq` processes, a normal topic, then `tests/node/smoke.mjs`
 //! produces 50 messages through the nameserver and consumes, checks and acks them all with a
-//! SimpleConsumer. Needs `node` (>= 16.19) and, the first time, `npm` with registry access
+//! SimpleConsumer. A second test runs `tests/node/delay_tx_smoke.mjs` (delay messages and
+//! transactions, with check-backs, issue #8) against brokers checking half messages after 1 s.
+//! Needs `node` (>= 16.19) and, the first time, `npm` with registry access
 //! (`npm install` into `tests/node/node_modules`, which is gitignored).
 
 mod ns_harness;
@@ -215,6 +217,172 @@ fn official_node_client_smoke() {
          (send {} ms, receive {} ms), total {:?}",
         summary["send_ms"],
         summary["receive_ms"],
+        started.elapsed()
+    );
+}
+
+/// Runs `tests/node/<script>` with `args` until it exits or `deadline` (then kills it);
+/// returns its exit status (None on the deadline), stdout, stderr and the run time.
+fn run_node_script(
+    script: &str,
+    args: &[&str],
+    deadline: Instant,
+    env: &Env,
+) -> (Option<std::process::ExitStatus>, String, String, Duration) {
+    let out_path = env.tmp.path().join(format!("{script}.stdout"));
+    let err_path = env.tmp.path().join(format!("{script}.stderr"));
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let started = Instant::now();
+    let mut child = Command::new("node")
+        .arg(node_dir().join(script))
+        .args(args)
+        .env(
+            "SMOKE_DEADLINE_MS",
+            remaining
+                .saturating_sub(Duration::from_secs(10))
+                .as_millis()
+                .to_string(),
+        )
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("node stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("node stderr file"))
+        .spawn()
+        .expect("spawn node");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for node") {
+            break Some(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status, stdout, stderr, started.elapsed())
+}
+
+/// Issue #8: the unchanged Node client's delay and transaction smoke test
+/// (`tests/node/delay_tx_smoke.mjs`) against a 3-node group whose brokers check unresolved
+/// half messages back after 1 s.
+#[test]
+fn official_node_client_delay_and_transaction_smoke() {
+    let node_version = Command::new("node")
+        .arg("--version")
+        .output()
+        .expect("node is required for this test");
+    assert!(node_version.status.success(), "node --version failed");
+    ensure_node_modules();
+
+    let started = Instant::now();
+    let deadline = started + TEST_BUDGET;
+    let mut env = Env::new();
+    let ns = env.start_nameserver(3000);
+    env.start_group_with(
+        "g1",
+        3,
+        &[
+            "--transaction-check-interval",
+            "1s",
+            "--transaction-max-checks",
+            "3",
+        ],
+    );
+    let (delay_topic, tx_topic) = ("node-delay", "node-tx");
+    for (topic, kind) in [(delay_topic, "delay"), (tx_topic, "transaction")] {
+        let created = admin(
+            &ns,
+            &[
+                "topic",
+                "create",
+                topic,
+                "--queues",
+                "2",
+                "--message-type",
+                kind,
+            ],
+            deadline,
+            &env,
+        );
+        assert_eq!(created["ok"], true, "topic create {topic}: {created}");
+        wait_until(
+            Duration::from_secs(30),
+            "nameserver routes the topic",
+            || {
+                let v = admin(&ns, &["topic", "route", topic], deadline, &env);
+                let members = v["groups"].as_array()?.first()?["members"]
+                    .as_array()?
+                    .len();
+                (members == 3).then_some(())
+            },
+        );
+    }
+
+    let (status, stdout, stderr, node_time) = run_node_script(
+        "delay_tx_smoke.mjs",
+        &[ns.as_str(), delay_topic, tx_topic],
+        deadline,
+        &env,
+    );
+    println!("{stdout}");
+    let context = || {
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "node stdout:\n{stdout}\nnode stderr (tail):\n{}\n{}",
+            tail.join("\n"),
+            env.logs()
+        )
+    };
+    let Some(status) = status else {
+        panic!(
+            "node delay_tx_smoke.mjs still running after {TEST_BUDGET:?}\n{}",
+            context()
+        );
+    };
+    let summary: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.trim_start()
+                .starts_with('{')
+                .then(|| serde_json::from_str(l).ok())
+                .flatten()
+        })
+        .unwrap_or(Value::Null);
+    assert!(
+        status.success(),
+        "node delay_tx_smoke.mjs failed ({status})\n{}",
+        context()
+    );
+    assert_eq!(summary["ok"], true, "{}", context());
+    let delay = &summary["delay"];
+    assert_eq!(delay["sent"], 10, "{}", context());
+    assert_eq!(delay["received"], 10, "{}", context());
+    assert_eq!(delay["duplicates"], 0, "{}", context());
+    assert_eq!(delay["early"], serde_json::json!([]), "{}", context());
+    assert_eq!(delay["mismatches"], serde_json::json!([]), "{}", context());
+    let tx = &summary["tx"];
+    assert_eq!(tx["committed"], 3, "{}", context());
+    assert_eq!(tx["received"], 3, "{}", context());
+    assert_eq!(tx["unexpected"], serde_json::json!([]), "{}", context());
+    let checked = tx["checked"].as_array().cloned().unwrap_or_default();
+    for d in ["commit", "rollback"] {
+        assert!(
+            checked.iter().any(|c| c == d),
+            "no check-back of the unresolved `{d}` half message\n{}",
+            context()
+        );
+    }
+    eprintln!(
+        "node delay/transaction smoke: delay lateness {}..{} ms, second EndTransaction answered {}, \
+         check-backs {}, node run {node_time:?}, total {:?}",
+        delay["late_ms_min"],
+        delay["late_ms_max"],
+        tx["second_end"],
+        tx["checked"],
         started.elapsed()
     );
 }

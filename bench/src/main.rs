@@ -5,9 +5,13 @@
 //! `cl` (the writer model) and `ceiling` (the two ceilings).
 
 mod ceiling;
+mod chart;
 mod cl;
+mod cluster;
 mod counters;
+mod load;
 mod report;
+mod suite;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +36,9 @@ struct Cli {
 enum Cmd {
     /// CommitLog append throughput vs. the machine's fsync'd sequential-write ceilings.
     Commitlog(CommitlogArgs),
+    /// A real cluster (nameserver + 3 brokers) under produce / consume / end-to-end load,
+    /// optionally side by side with a 3-node NATS JetStream cluster (`--compare nats`).
+    Cluster(suite::ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +101,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Commitlog(args) => commitlog(args),
+        Cmd::Cluster(args) => suite::run(args),
     }
 }
 
@@ -394,7 +402,7 @@ fn statfs(p: &Path) -> Option<libc::statfs> {
     (rc == 0).then(|| unsafe { st.assume_init() })
 }
 
-fn fs_name(p: &Path) -> String {
+pub(crate) fn fs_name(p: &Path) -> String {
     let Some(st) = statfs(p) else {
         return "unknown filesystem".into();
     };
@@ -413,7 +421,7 @@ fn fs_name(p: &Path) -> String {
 }
 
 /// Facts about this machine that make throughput figures vary from run to run.
-fn environment_notes() -> Vec<String> {
+pub(crate) fn environment_notes() -> Vec<String> {
     let mut notes = Vec::new();
     // virtio-balloon free page reporting (feature bit 5): freed memory is handed back to the
     // hypervisor, so page cache allocated later pays host page faults on first touch.
@@ -439,7 +447,7 @@ fn environment_notes() -> Vec<String> {
     notes
 }
 
-fn default_dir() -> Result<PathBuf> {
+pub(crate) fn default_dir() -> Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let cwd = std::env::current_dir().context("current directory")?;
     let tmp = std::env::temp_dir();
@@ -458,7 +466,7 @@ fn default_dir() -> Result<PathBuf> {
 
 /// `git rev-parse --short HEAD` of the workspace (or the current directory), with a note if
 /// tracked files have uncommitted changes.
-fn git_rev() -> String {
+pub(crate) fn git_rev() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let git = |args: &[&str]| -> Option<String> {
         let out = Command::new("git")

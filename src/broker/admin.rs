@@ -158,6 +158,8 @@ impl Admin for AdminService {
                     name: g.name,
                     max_delivery_attempts: g.max_delivery_attempts,
                     fifo: g.fifo,
+                    broadcast: g.broadcast,
+                    retry_backoff_ms: g.retry_backoff_ms,
                 })
                 .collect(),
         }))

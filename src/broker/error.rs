@@ -11,6 +11,12 @@ pub enum BrokerError {
     /// The request is malformed (bad name, empty batch, oversize body, ...).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A delay message asks for a delivery time beyond the configured maximum.
+    #[error("illegal delivery time: {0}")]
+    IllegalDeliveryTime(String),
+    /// EndTransaction names no transaction this broker knows, or one resolved otherwise.
+    #[error("transaction: {0}")]
+    Transaction(String),
     /// The topic does not exist.
     #[error("topic `{0}` does not exist")]
     TopicNotFound(String),
@@ -47,7 +53,10 @@ pub enum BrokerError {
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Status {
         let code = match &e {
-            BrokerError::BadRequest(_) | BrokerError::Config(_) => Code::InvalidArgument,
+            BrokerError::BadRequest(_)
+            | BrokerError::Config(_)
+            | BrokerError::IllegalDeliveryTime(_) => Code::InvalidArgument,
+            BrokerError::Transaction(_) => Code::FailedPrecondition,
             BrokerError::TopicNotFound(_) => Code::NotFound,
             BrokerError::Forbidden(..) => Code::PermissionDenied,
             BrokerError::NoLeader(_) | BrokerError::Forward { .. } => Code::Unavailable,

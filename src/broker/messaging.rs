@@ -32,6 +32,8 @@ use tonic::{Request, Response, Status};
 use super::error::BrokerError;
 use super::node::Node;
 use super::ops::Route;
+use super::pending_ops::RENEW_SLICE;
+use super::sessions::{RenewKey, Renewal, Sessions};
 use crate::proto::apache::rocketmq::v2;
 use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::{
@@ -69,6 +71,8 @@ pub fn error_status(e: &BrokerError) -> v2::Status {
         BrokerError::BadRequest(_) | BrokerError::Config(_) => v2::Code::BadRequest,
         BrokerError::TopicNotFound(_) => v2::Code::TopicNotFound,
         BrokerError::Forbidden(..) => v2::Code::Forbidden,
+        BrokerError::IllegalDeliveryTime(_) => v2::Code::IllegalDeliveryTime,
+        BrokerError::Transaction(_) => v2::Code::InvalidTransactionId,
         BrokerError::NoLeader(_) | BrokerError::Forward { .. } | BrokerError::Raft(_) => {
             v2::Code::HaNotAvailable
         }
@@ -104,12 +108,6 @@ fn md5_hex(b: &[u8]) -> String {
     d.iter().map(|x| format!("{x:02X}")).collect()
 }
 
-/// One client known through Telemetry, keyed by `x-mq-client-id`.
-#[derive(Debug, Clone, Default)]
-struct ClientSession {
-    settings: Option<v2::Settings>,
-}
-
 /// Serialises picking for one (group, topic) on the leader.
 type PickLock = Arc<AsyncMutex<()>>;
 
@@ -124,7 +122,12 @@ struct Delivery {
 
 /// What a receive asks for.
 struct PopRequest<'a> {
+    /// The group's delivery-state key (`consume::state_key`).
     group: &'a str,
+    /// The group's configuration.
+    config: &'a consume::GroupConfig,
+    /// Pop only from this queue (FIFO consumers assigned one queue).
+    only_queue: Option<u32>,
     topic: &'a TopicConfig,
     first_queue: u32,
     batch: usize,
@@ -135,7 +138,7 @@ struct PopRequest<'a> {
 /// The MessagingService of one node.
 pub struct MessagingSvc {
     node: Weak<Node>,
-    clients: Arc<std::sync::Mutex<HashMap<String, ClientSession>>>,
+    sessions: Arc<Sessions>,
     leader_clients: std::sync::Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
     /// One receive at a time per (group, topic) on the leader: picking and recording a
     /// delivery must not interleave with another pick.
@@ -145,10 +148,10 @@ pub struct MessagingSvc {
 
 impl MessagingSvc {
     /// A service bound to `node`.
-    pub fn new(node: Weak<Node>) -> Self {
+    pub fn new(node: Weak<Node>, sessions: Arc<Sessions>) -> Self {
         MessagingSvc {
             node,
-            clients: Default::default(),
+            sessions,
             leader_clients: Default::default(),
             pick_locks: Default::default(),
             seq: AtomicU64::new(0),
@@ -328,15 +331,31 @@ impl MessagingSvc {
                     n,
                 );
             }
-            if matches!(want, v2::MessageType::Delay | v2::MessageType::Transaction) {
-                return fail(
-                    status(
-                        v2::Code::Unsupported,
-                        format!("{} messages are not supported yet", want.as_str_name()),
-                    ),
-                    n,
-                );
-            }
+            let delivery_timestamp_ms = match (want, sp.delivery_timestamp.as_ref()) {
+                (v2::MessageType::Delay, Some(t)) => ts_ms(t).max(1),
+                (v2::MessageType::Delay, None) => {
+                    return fail(
+                        status(
+                            v2::Code::IllegalDeliveryTime,
+                            "a DELAY message needs a delivery timestamp",
+                        ),
+                        n,
+                    );
+                }
+                (_, Some(_)) => {
+                    return fail(
+                        status(
+                            v2::Code::MessagePropertyConflictWithType,
+                            format!(
+                                "only DELAY messages carry a delivery timestamp, not {}",
+                                want.as_str_name()
+                            ),
+                        ),
+                        n,
+                    );
+                }
+                (_, None) => 0,
+            };
             let queue_id = if sp.queue_id >= 0
                 && (sp.queue_id as u32) < topic.queues
                 && want != v2::MessageType::Fifo
@@ -355,19 +374,30 @@ impl MessagingSvc {
                 body: m.body.clone(),
                 message_group: sp.message_group.clone().unwrap_or_default(),
                 born_timestamp_ms: sp.born_timestamp.as_ref().map(ts_ms).unwrap_or(0),
+                delivery_timestamp_ms,
+                transaction: want == v2::MessageType::Transaction,
             });
         }
+        let transactional: Vec<bool> = req.messages.iter().map(|m| m.transaction).collect();
         match node.produce(req).await {
             Ok(reply) => v2::SendMessageResponse {
                 status: Some(ok()),
                 entries: reply
                     .results
                     .into_iter()
-                    .map(|r| v2::SendResultEntry {
+                    .zip(&transactional)
+                    .map(|(r, tx)| v2::SendResultEntry {
                         status: Some(ok()),
+                        // The transaction is named by its message id (EndTransaction carries
+                        // both; see `end_transaction`).
+                        transaction_id: if *tx {
+                            r.message_id.clone()
+                        } else {
+                            String::new()
+                        },
                         message_id: r.message_id,
-                        transaction_id: String::new(),
-                        offset: r.offset as i64,
+                        // A message still waiting (delay, half) has no queue offset yet.
+                        offset: if r.pending { -1 } else { r.offset as i64 },
                         recall_handle: String::new(),
                     })
                     .collect(),
@@ -384,6 +414,8 @@ impl MessagingSvc {
     ) -> Result<Option<Vec<Delivery>>, BrokerError> {
         let PopRequest {
             group,
+            config: gc,
+            only_queue,
             topic,
             first_queue,
             batch,
@@ -392,14 +424,16 @@ impl MessagingSvc {
         } = *r;
         let lock = self.pick_lock(group, &topic.name);
         let _g = lock.lock().await;
-        let gc = node.sm.group_config(group);
         let fifo = gc.fifo || topic.message_type == TopicMessageType::Fifo;
         let now = now_ms();
         let until = now + invisible.as_millis() as i64;
         let mut out = Vec::new();
-        let queues: Vec<u32> = (0..topic.queues)
-            .map(|i| (first_queue + i) % topic.queues.max(1))
-            .collect();
+        let queues: Vec<u32> = match only_queue {
+            Some(q) => vec![q],
+            None => (0..topic.queues)
+                .map(|i| (first_queue + i) % topic.queues.max(1))
+                .collect(),
+        };
         for q in queues {
             if out.len() >= batch {
                 break;
@@ -534,25 +568,22 @@ impl Filter {
     }
 }
 
-fn delivered(
-    ns: &str,
-    topic: &str,
-    d: &Delivery,
-    store_host: &str,
-    invisible: Duration,
-) -> v2::Message {
-    let (q, offset, attempt, seq, m) = (d.queue, d.offset, d.attempt, d.seq, &d.msg);
+/// A stored message as the RocketMQ protocol carries it (no delivery fields): what a
+/// check-back of a transaction sends, and the base of every delivered message.
+pub(crate) fn to_v2_message(ns: &str, m: &MessageView, store_host: &str) -> v2::Message {
     let message_type = match m.msg_type {
         MessageType::Fifo => v2::MessageType::Fifo,
         MessageType::Delay => v2::MessageType::Delay,
-        MessageType::TransactionHalf => v2::MessageType::Transaction,
-        _ => v2::MessageType::Normal,
+        MessageType::TransactionHalf | MessageType::TransactionCommitted => {
+            v2::MessageType::Transaction
+        }
+        MessageType::Normal => v2::MessageType::Normal,
     };
     let body: Bytes = m.body.clone();
     v2::Message {
         topic: Some(v2::Resource {
             resource_namespace: ns.to_string(),
-            name: topic.to_string(),
+            name: m.topic.to_string(),
         }),
         user_properties: m
             .properties
@@ -574,19 +605,47 @@ fn delivered(
             store_timestamp: Some(ts(m.store_timestamp_ms)),
             store_host: store_host.to_string(),
             delivery_timestamp: m.delivery_timestamp_ms().map(ts),
-            receipt_handle: Some(consume::encode_handle(q, offset, seq)),
-            queue_id: q as i32,
-            queue_offset: Some(offset as i64),
-            invisible_duration: Some(prost_types::Duration {
-                seconds: invisible.as_secs() as i64,
-                nanos: invisible.subsec_nanos() as i32,
-            }),
-            delivery_attempt: Some(attempt as i32),
+            queue_id: m.queue_id as i32,
             message_group: m.message_group().map(str::to_string),
             ..Default::default()
         }),
         body,
     }
+}
+
+fn delivered(ns: &str, d: &Delivery, store_host: &str, invisible: Duration) -> v2::Message {
+    let mut out = to_v2_message(ns, &d.msg, store_host);
+    if let Some(sp) = out.system_properties.as_mut() {
+        sp.receipt_handle = Some(consume::encode_handle(d.queue, d.offset, d.seq));
+        sp.queue_id = d.queue as i32;
+        sp.queue_offset = Some(d.offset as i64);
+        sp.invisible_duration = Some(prost_types::Duration {
+            seconds: invisible.as_secs() as i64,
+            nanos: invisible.subsec_nanos() as i32,
+        });
+        sp.delivery_attempt = Some(d.attempt as i32);
+    }
+    out
+}
+
+/// Fill a consumer's Settings reply from its group's replicated configuration.
+fn group_settings(node: &Node, reply: &mut v2::TelemetryCommand) {
+    let Some(v2::telemetry_command::Command::Settings(s)) = &mut reply.command else {
+        return;
+    };
+    let Some(v2::settings::PubSub::Subscription(sub)) = &s.pub_sub else {
+        return;
+    };
+    let Some(group) = sub.group.as_ref().map(|g| g.name.clone()) else {
+        return;
+    };
+    let gc = node.sm.group_config(&group);
+    let delays: Vec<Duration> = gc
+        .retry_backoff_ms
+        .iter()
+        .map(|ms| Duration::from_millis(*ms))
+        .collect();
+    settings::apply_group(s, gc.fifo, gc.max_delivery_attempts, &delays);
 }
 
 fn one<T: Send + 'static>(item: T) -> BoxStream<T> {
@@ -631,8 +690,9 @@ impl MessagingService for MessagingSvc {
 
     async fn heartbeat(
         &self,
-        _req: Request<v2::HeartbeatRequest>,
+        req: Request<v2::HeartbeatRequest>,
     ) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        self.sessions.touch(&Self::client_id(&req));
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
 
@@ -640,10 +700,7 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
-        let id = Self::client_id(&req);
-        if let Ok(mut g) = self.clients.lock() {
-            g.remove(&id);
-        }
+        self.sessions.remove(&Self::client_id(&req));
         Ok(Response::new(v2::NotifyClientTerminationResponse {
             status: Some(ok()),
         }))
@@ -655,27 +712,28 @@ impl MessagingService for MessagingSvc {
     ) -> Result<Response<BoxStream<v2::TelemetryCommand>>, Status> {
         let client_id = Self::client_id(&req);
         let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v2::TelemetryCommand, Status>>(16);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v2::TelemetryCommand, Status>>(64);
         let node = self.node.clone();
-        let clients = Arc::clone(&self.clients);
-        // Settings are recorded per client id and each Settings command is answered at once;
-        // the stream stays open until the client closes it.
+        let sessions = Arc::clone(&self.sessions);
+        // Settings are recorded per client id with the stream (check-backs of transactions
+        // go out on it) and each Settings command is answered at once; the stream stays open
+        // until the client closes it.
         tokio::spawn(async move {
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) | Err(_) => break,
                 };
+                let Some(n) = node.upgrade() else { break };
                 if let Some(v2::telemetry_command::Command::Settings(s)) = msg.command {
-                    if let Ok(mut g) = clients.lock() {
-                        g.entry(client_id.clone()).or_default().settings = Some(s.clone());
-                    }
-                    if tx.send(Ok(settings_reply(s))).await.is_err() {
+                    sessions.set_settings(&client_id, &s, &tx);
+                    let mut reply = settings_reply(s);
+                    group_settings(&n, &mut reply);
+                    if tx.send(Ok(reply)).await.is_err() {
                         break;
                     }
-                }
-                if node.upgrade().is_none() {
-                    break;
+                } else {
+                    sessions.touch(&client_id);
                 }
             }
         });
@@ -690,7 +748,13 @@ impl MessagingService for MessagingSvc {
         let node = self.node()?;
         let forwarded = req.metadata().get(FORWARDED).is_some();
         let md = Self::forward_metadata(req.metadata());
+        let client_id = Self::client_id(&req);
         let msgs = req.into_inner().messages;
+        for m in &msgs {
+            if let Some(t) = &m.topic {
+                self.sessions.add_topic(&client_id, &t.name);
+            }
+        }
         // During an election a send waits (bounded) for the new leader instead of failing
         // at once: the client's own retries are few and fast.
         let deadline = tokio::time::Instant::now() + SEND_FAILOVER_WAIT;
@@ -765,14 +829,24 @@ impl MessagingService for MessagingSvc {
             }
             Err(st) => return Ok(Response::new(one(receive_status(st)))),
         }
+        let client_id = Self::client_id(&req);
+        self.sessions.touch(&client_id);
         let r = req.into_inner();
         let group = r.group.as_ref().map(|g| g.name.clone()).unwrap_or_default();
-        if group.is_empty() {
+        if group.is_empty() || group.contains('@') {
             return Ok(Response::new(one(receive_status(status(
                 v2::Code::IllegalConsumerGroup,
-                "group is required",
+                format!("bad consumer group `{group}`"),
             )))));
         }
+        let gc = node.sm.group_config(&group);
+        if gc.broadcast && client_id.is_empty() {
+            return Ok(Response::new(one(receive_status(status(
+                v2::Code::ClientIdRequired,
+                "a broadcasting group keeps progress per client: x-mq-client-id is required",
+            )))));
+        }
+        let state_key = consume::state_key(&gc, &client_id);
         let mq = r.message_queue.clone().unwrap_or_default();
         let topic_res = mq.topic.clone().unwrap_or_default();
         let Some(topic) = node.sm.topic(&topic_res.name) else {
@@ -791,11 +865,14 @@ impl MessagingService for MessagingSvc {
             Ok(f) => f,
             Err(st) => return Ok(Response::new(one(receive_status(st)))),
         };
-        let invisible = r
-            .invisible_duration
-            .as_ref()
-            .map(dur)
-            .unwrap_or(DEFAULT_INVISIBLE);
+        // Auto-renew without a duration (PushConsumer): the broker chooses, and renews it
+        // while the client holds the message (`pending_ops::renew_loop`).
+        let renew = r.auto_renew;
+        let invisible = match r.invisible_duration.as_ref().map(dur) {
+            Some(d) => d,
+            None if renew => RENEW_SLICE,
+            None => DEFAULT_INVISIBLE,
+        };
         if invisible.is_zero() && !r.auto_renew {
             return Ok(Response::new(one(receive_status(status(
                 v2::Code::IllegalInvisibleTime,
@@ -809,12 +886,23 @@ impl MessagingService for MessagingSvc {
             .unwrap_or(Duration::ZERO)
             .min(MAX_LONG_POLL);
         let batch = r.batch_size.clamp(1, 1024) as usize;
-        let first_queue = (mq.id.max(0) as u32) % topic.queues.max(1);
+        let fifo = gc.fifo || topic.message_type == TopicMessageType::Fifo;
+        let only_queue =
+            (fifo && mq.id >= 0 && (mq.id as u32) < topic.queues).then_some(mq.id as u32);
+        // A receive that names no queue (id -1, as PushConsumer assignments do) starts at a
+        // rotating queue so that no queue is always served first.
+        let first_queue = if mq.id >= 0 {
+            mq.id as u32 % topic.queues.max(1)
+        } else {
+            (self.seq.fetch_add(1, Ordering::Relaxed) % u64::from(topic.queues.max(1))) as u32
+        };
         let deadline = tokio::time::Instant::now() + poll;
         let mut applied = node.sm.subscribe_applied();
         loop {
             let pr = PopRequest {
-                group: &group,
+                group: &state_key,
+                config: &gc,
+                only_queue,
                 topic: &topic,
                 first_queue,
                 batch,
@@ -834,16 +922,28 @@ impl MessagingService for MessagingSvc {
                     metrics::counter!(super::http::MESSAGES_OUT, &labels)
                         .increment(msgs.len() as u64);
                     metrics::counter!(super::http::THROUGHPUT_OUT, &labels).increment(bytes);
+                    if renew {
+                        let until = now_ms() + invisible.as_millis() as i64;
+                        for d in &msgs {
+                            self.sessions.renew(
+                                RenewKey {
+                                    group: state_key.clone(),
+                                    topic: topic.name.clone(),
+                                    queue: d.queue,
+                                    offset: d.offset,
+                                },
+                                Renewal {
+                                    seq: d.seq,
+                                    client_id: client_id.clone(),
+                                    until_ms: until,
+                                },
+                            );
+                        }
+                    }
                     let host = node.config.advertise.clone();
                     let mut items = vec![Ok(receive_status(ok()))];
                     for d in &msgs {
-                        let m = delivered(
-                            &topic_res.resource_namespace,
-                            &topic.name,
-                            d,
-                            &host,
-                            invisible,
-                        );
+                        let m = delivered(&topic_res.resource_namespace, d, &host, invisible);
                         items.push(Ok(v2::ReceiveMessageResponse {
                             content: Some(v2::receive_message_response::Content::Message(m)),
                         }));
@@ -868,6 +968,190 @@ impl MessagingService for MessagingSvc {
             // Wake on a new applied entry, or in a while to catch expiring deliveries.
             let wake = (now + Duration::from_millis(200)).min(deadline);
             let _ = tokio::time::timeout_at(wake, applied.changed()).await;
+        }
+    }
+
+    async fn end_transaction(
+        &self,
+        req: Request<v2::EndTransactionRequest>,
+    ) -> Result<Response<v2::EndTransactionResponse>, Status> {
+        let node = self.node()?;
+        let reply = |st: v2::Status| {
+            Ok(Response::new(v2::EndTransactionResponse {
+                status: Some(st),
+            }))
+        };
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c.end_transaction(Self::forward_request(req)).await {
+                    Ok(r) => Ok(Response::new(r.into_inner())),
+                    Err(e) => reply(status(
+                        v2::Code::HaNotAvailable,
+                        format!("leader {addr}: {}", e.message()),
+                    )),
+                };
+            }
+            Err(st) => return reply(st),
+        }
+        let r = req.into_inner();
+        let topic = r.topic.map(|t| t.name).unwrap_or_default();
+        if r.message_id.is_empty() {
+            return reply(status(v2::Code::IllegalMessageId, "message id is required"));
+        }
+        // The transaction id handed out by SendMessage is the message id.
+        if !r.transaction_id.is_empty() && r.transaction_id != r.message_id {
+            return reply(status(
+                v2::Code::InvalidTransactionId,
+                format!(
+                    "transaction id `{}` does not belong to message {}",
+                    r.transaction_id, r.message_id
+                ),
+            ));
+        }
+        let commit = match v2::TransactionResolution::try_from(r.resolution) {
+            Ok(v2::TransactionResolution::Commit) => true,
+            Ok(v2::TransactionResolution::Rollback) => false,
+            _ => {
+                return reply(status(
+                    v2::Code::BadRequest,
+                    "resolution must be COMMIT or ROLLBACK",
+                ));
+            }
+        };
+        match node.end_transaction(&topic, &r.message_id, commit).await {
+            Ok(what) => reply(status(v2::Code::Ok, what)),
+            Err(e) => reply(error_status(&e)),
+        }
+    }
+
+    async fn query_assignment(
+        &self,
+        req: Request<v2::QueryAssignmentRequest>,
+    ) -> Result<Response<v2::QueryAssignmentResponse>, Status> {
+        let node = self.node()?;
+        self.sessions.touch(&Self::client_id(&req));
+        let r = req.into_inner();
+        let reply = |st: v2::Status, assignments: Vec<v2::Assignment>| {
+            Ok(Response::new(v2::QueryAssignmentResponse {
+                status: Some(st),
+                assignments,
+            }))
+        };
+        let topic_res = r.topic.unwrap_or_default();
+        let group = r.group.map(|g| g.name).unwrap_or_default();
+        if group.is_empty() || group.contains('@') {
+            return reply(
+                status(
+                    v2::Code::IllegalConsumerGroup,
+                    format!("bad consumer group `{group}`"),
+                ),
+                vec![],
+            );
+        }
+        let Some(topic) = node.sm.topic(&topic_res.name) else {
+            return reply(
+                status(
+                    v2::Code::TopicNotFound,
+                    format!("topic `{}` does not exist", topic_res.name),
+                ),
+                vec![],
+            );
+        };
+        if !topic.perm.readable() {
+            return reply(status(v2::Code::Forbidden, "no readable queue"), vec![]);
+        }
+        // Consumers receive through the leader (any member would forward there); naming it
+        // saves a hop, and the next assignment (every 5 s) follows a leader change.
+        let addr = match node.route() {
+            Ok(Route::Leader(_, a)) => a,
+            _ => node.config.advertise.clone(),
+        };
+        let queues = route::message_queues(
+            &topic_res,
+            &[GroupRoute::new(&node.config.group, &topic, vec![addr])],
+        );
+        let fifo =
+            node.sm.group_config(&group).fifo || topic.message_type == TopicMessageType::Fifo;
+        // Orderly groups get every queue (one receive loop each, so each queue's order is
+        // one consumer's order); others one entry with queue id -1: the broker pops from all
+        // queues, as the RocketMQ proxy does.
+        let assignments = if fifo {
+            queues
+                .into_iter()
+                .map(|q| v2::Assignment {
+                    message_queue: Some(q),
+                })
+                .collect()
+        } else {
+            queues
+                .into_iter()
+                .take(1)
+                .map(|mut q| {
+                    q.id = -1;
+                    v2::Assignment {
+                        message_queue: Some(q),
+                    }
+                })
+                .collect()
+        };
+        reply(ok(), assignments)
+    }
+
+    async fn forward_message_to_dead_letter_queue(
+        &self,
+        req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+    ) -> Result<Response<v2::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        let node = self.node()?;
+        let reply = |st: v2::Status| {
+            Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
+                status: Some(st),
+            }))
+        };
+        match self.placement(&node, &req) {
+            Ok(None) => {}
+            Ok(Some(addr)) => {
+                let mut c = self.leader_client(&addr)?;
+                return match c
+                    .forward_message_to_dead_letter_queue(Self::forward_request(req))
+                    .await
+                {
+                    Ok(r) => Ok(Response::new(r.into_inner())),
+                    Err(e) => reply(status(
+                        v2::Code::HaNotAvailable,
+                        format!("leader {addr}: {}", e.message()),
+                    )),
+                };
+            }
+            Err(st) => return reply(st),
+        }
+        let client_id = Self::client_id(&req);
+        let r = req.into_inner();
+        let group = r.group.map(|g| g.name).unwrap_or_default();
+        let key = consume::state_key(&node.sm.group_config(&group), &client_id);
+        let topic = r.topic.map(|t| t.name).unwrap_or_default();
+        let Some((queue, offset, seq)) = consume::decode_handle(&r.receipt_handle) else {
+            return reply(status(
+                v2::Code::InvalidReceiptHandle,
+                "malformed receipt handle",
+            ));
+        };
+        let current = node
+            .sm
+            .queue_state(&key, &topic, queue)
+            .inflight
+            .get(&offset)
+            .is_some_and(|f| f.seq == seq);
+        if !current {
+            return reply(status(
+                v2::Code::InvalidReceiptHandle,
+                "receipt handle is stale (redelivered or acked)",
+            ));
+        }
+        match node.dead_letter(&key, &topic, queue, offset, seq).await {
+            Ok(()) => reply(ok()),
+            Err(e) => reply(error_status(&e)),
         }
     }
 
@@ -899,8 +1183,10 @@ impl MessagingService for MessagingSvc {
                 }));
             }
         }
+        let client_id = Self::client_id(&req);
         let r = req.into_inner();
         let group = r.group.map(|g| g.name).unwrap_or_default();
+        let group = consume::state_key(&node.sm.group_config(&group), &client_id);
         let topic = r.topic.map(|t| t.name).unwrap_or_default();
         let mut entries = Vec::with_capacity(r.entries.len());
         let mut all_ok = true;
@@ -977,6 +1263,7 @@ impl MessagingService for MessagingSvc {
                 }));
             }
         }
+        let client_id = Self::client_id(&req);
         let r = req.into_inner();
         // The reply always carries a usable handle: the new one, or the one sent.
         let reply = |st: v2::Status, h: String| {
@@ -1001,8 +1288,9 @@ impl MessagingService for MessagingSvc {
             );
         };
         let new_seq = self.next_seq();
+        let group = r.group.map(|g| g.name).unwrap_or_default();
         let cmd = InternalCommand::ChangeInvisible {
-            group: r.group.map(|g| g.name).unwrap_or_default(),
+            group: consume::state_key(&node.sm.group_config(&group), &client_id),
             topic: r.topic.map(|t| t.name).unwrap_or_default(),
             queue,
             offset,

@@ -12,7 +12,9 @@ pub mod http;
 pub mod messaging;
 pub mod node;
 pub mod ops;
+pub mod pending_ops;
 pub mod register;
+pub mod sessions;
 
 pub use error::BrokerError;
 pub use node::{Node, NodeConfig};

@@ -62,6 +62,14 @@ pub struct NodeConfig {
     /// Address to bind the HTTP port to (health, readiness, Raft status, Prometheus
     /// metrics); `None` = no HTTP port.
     pub http_listen: Option<SocketAddr>,
+    /// Largest delay a delay message may ask for (later delivery times are refused with
+    /// ILLEGAL_DELIVERY_TIME).
+    pub max_delay: Duration,
+    /// A transaction half message with no EndTransaction for this long is checked back
+    /// through a producer's Telemetry stream, then again every interval.
+    pub transaction_check_interval: Duration,
+    /// After this many unanswered check-backs a half message is discarded.
+    pub transaction_max_checks: u32,
 }
 
 impl NodeConfig {
@@ -81,6 +89,9 @@ impl NodeConfig {
             retention_time: None,
             retention_bytes: None,
             retention_interval: Duration::from_secs(10),
+            max_delay: Duration::from_secs(24 * 3600),
+            transaction_check_interval: Duration::from_secs(30),
+            transaction_max_checks: 15,
             nameservers: Vec::new(),
             http_listen: None,
         }
@@ -194,7 +205,9 @@ pub struct Node {
     /// Term of the vote this process started with (terms above it began while it ran).
     pub(crate) start_term: u64,
     pub(crate) forwarder: super::ops::Forwarder,
-    shutdown: watch::Sender<bool>,
+    /// Clients connected to this node (Telemetry streams, auto-renewed deliveries).
+    pub(crate) sessions: Arc<super::sessions::Sessions>,
+    pub(crate) shutdown: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -247,10 +260,13 @@ impl Node {
             None => None,
         };
         let (shutdown, mut rx) = watch::channel(false);
+        let sessions = Arc::new(super::sessions::Sessions::default());
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
             let admin = super::admin::AdminService::new(weak.clone()).into_server();
             let raft_svc = RaftGrpcService::new(raft.clone()).into_server();
-            let messaging = super::messaging::MessagingSvc::new(weak.clone()).into_server();
+            let messaging =
+                super::messaging::MessagingSvc::new(weak.clone(), Arc::clone(&sessions))
+                    .into_server();
             let incoming = tokio_stream_listener(listener);
             let server = tokio::spawn(async move {
                 let res = configure_server(tonic::transport::Server::builder())
@@ -274,6 +290,7 @@ impl Node {
                 http_addr,
                 start_term,
                 forwarder: super::ops::Forwarder::default(),
+                sessions,
                 shutdown,
                 tasks: std::sync::Mutex::new(vec![server]),
             }
@@ -283,8 +300,14 @@ impl Node {
         let retention = tokio::spawn(async move { n.retention_loop().await });
         let n = Arc::clone(&node);
         let reviver = tokio::spawn(async move { n.dead_letter_loop().await });
+        let n = Arc::clone(&node);
+        let timers = tokio::spawn(async move { n.timer_loop().await });
+        let n = Arc::clone(&node);
+        let tx_checker = tokio::spawn(async move { n.transaction_check_loop().await });
+        let n = Arc::clone(&node);
+        let renewer = tokio::spawn(async move { n.renew_loop().await });
         if let Ok(mut t) = node.tasks.lock() {
-            t.push(reviver);
+            t.extend([reviver, timers, tx_checker, renewer]);
         }
         if let Ok(mut t) = node.tasks.lock() {
             t.push(retention);

@@ -68,6 +68,16 @@ pub(crate) enum Route {
 
 type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
 
+/// RocketMQ 4's delay-level property (`MessageConst.PROPERTY_DELAY_TIME_LEVEL`).
+pub const DELAY_LEVEL_PROPERTY: &str = "DELAY";
+
+/// RocketMQ 4's default delay levels 1..=18: 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m
+/// 20m 30m 1h 2h, in ms.
+pub const DELAY_LEVELS_MS: [i64; 18] = [
+    1_000, 5_000, 10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000,
+    480_000, 540_000, 600_000, 1_200_000, 1_800_000, 3_600_000, 7_200_000,
+];
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -270,8 +280,13 @@ impl Node {
                         message_id,
                         topic: place.topic,
                         queue_id: place.queue,
-                        offset: place.offset,
+                        offset: if place.offset == state_machine::PENDING_OFFSET {
+                            0
+                        } else {
+                            place.offset
+                        },
                         duplicate: true,
+                        pending: place.offset == state_machine::PENDING_OFFSET,
                     },
                 );
                 continue;
@@ -292,10 +307,20 @@ impl Node {
                 (self.forwarder.round_robin.fetch_add(1, Ordering::Relaxed)
                     % topic.queues.max(1) as u64) as u32
             };
-            let msg_type = match topic.message_type {
-                TopicMessageType::Fifo => MessageType::Fifo,
-                _ if !m.message_group.is_empty() => MessageType::Fifo,
-                _ => MessageType::Normal,
+            let delivery = match self.delivery_time(m, now)? {
+                Some(d) => d,
+                None => 0,
+            };
+            let msg_type = if m.transaction {
+                MessageType::TransactionHalf
+            } else if delivery > 0 {
+                MessageType::Delay
+            } else {
+                match topic.message_type {
+                    TopicMessageType::Fifo => MessageType::Fifo,
+                    _ if !m.message_group.is_empty() => MessageType::Fifo,
+                    _ => MessageType::Normal,
+                }
             };
             if msg_type == MessageType::Fifo && m.message_group.is_empty() {
                 return Err(BrokerError::BadRequest(format!(
@@ -314,7 +339,7 @@ impl Node {
                         now
                     },
                     store_timestamp_ms: now,
-                    delivery_timestamp_ms: 0,
+                    delivery_timestamp_ms: delivery,
                     topic: m.topic.clone(),
                     message_id,
                     tag: m.tag.clone(),
@@ -358,8 +383,13 @@ impl Node {
                         message_id: m.message_id,
                         topic: p.topic,
                         queue_id: p.queue,
-                        offset: p.offset,
+                        offset: if p.offset == state_machine::PENDING_OFFSET {
+                            0
+                        } else {
+                            p.offset
+                        },
                         duplicate: p.duplicate,
+                        pending: p.offset == state_machine::PENDING_OFFSET,
                     },
                 );
             }
@@ -369,6 +399,64 @@ impl Node {
             results: stored.into_values().collect(),
             raft_index,
         }))
+    }
+
+    /// Append broker-made copies of stored messages (fired delay messages, committed
+    /// transaction messages) on this node, which must lead. Returns where each ended up; a
+    /// copy that apply dropped (fired or resolved before) comes back as a duplicate.
+    pub(crate) async fn write_copies(
+        &self,
+        msgs: &[NewMessage],
+    ) -> Result<Vec<state_machine::Place>, BrokerError> {
+        let payload =
+            message::encode_batch(msgs).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let resp = match self
+            .write_local(Command::messages(Bytes::from(payload)))
+            .await?
+        {
+            Ok(r) => r,
+            Err(_) => return Err(BrokerError::NoLeader(self.config.group.clone())),
+        };
+        let places = state_machine::decode_batch_result(&resp.data)
+            .map_err(|e| BrokerError::Internal(format!("bad apply result: {e}")))?;
+        if places.len() != msgs.len() {
+            return Err(BrokerError::Internal(
+                "apply result does not match the batch".into(),
+            ));
+        }
+        Ok(places)
+    }
+
+    /// The delivery time of a message (ms), from its delivery timestamp or a RocketMQ 4 `DELAY`
+    /// level property; `None` for an immediate message. A time beyond `max_delay` is refused.
+    fn delivery_time(&self, m: &pb::ProduceMessage, now: i64) -> Result<Option<i64>, BrokerError> {
+        let at = if m.delivery_timestamp_ms > 0 {
+            m.delivery_timestamp_ms
+        } else if let Some(level) = m.properties.get(DELAY_LEVEL_PROPERTY) {
+            let ms = level
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|l| l.checked_sub(1))
+                .and_then(|i| DELAY_LEVELS_MS.get(i))
+                .ok_or_else(|| {
+                    BrokerError::IllegalDeliveryTime(format!(
+                        "`{DELAY_LEVEL_PROPERTY}` must be a delay level 1..=18, not `{level}`"
+                    ))
+                })?;
+            now + ms
+        } else {
+            return Ok(None);
+        };
+        let max = self.config.max_delay.as_millis() as i64;
+        if at - now > max {
+            return Err(BrokerError::IllegalDeliveryTime(format!(
+                "delivery time {at} is {} ms ahead; the maximum delay is {} ms",
+                at - now,
+                max
+            )));
+        }
+        Ok(Some(at))
     }
 
     fn new_message_id(&self) -> String {
@@ -523,7 +611,7 @@ impl Node {
 
     /// Create or update a consumer group.
     pub async fn upsert_group(&self, g: pb::GroupConfig) -> Result<pb::AdminReply, BrokerError> {
-        if g.name.is_empty() || g.name.len() > 255 || g.name.contains(['\0', '/']) {
+        if g.name.is_empty() || g.name.len() > 255 || g.name.contains(['\0', '/', '@']) {
             return Err(BrokerError::BadRequest(format!(
                 "bad group name `{}`",
                 g.name
@@ -534,6 +622,16 @@ impl Node {
             cfg.max_delivery_attempts = g.max_delivery_attempts;
         }
         cfg.fifo = g.fifo;
+        cfg.broadcast = g.broadcast;
+        if !g.retry_backoff_ms.is_empty() {
+            if g.retry_backoff_ms.len() > 64 || g.retry_backoff_ms.iter().any(|&d| d < 1000) {
+                return Err(BrokerError::BadRequest(
+                    "retry backoff: 1..=64 delays of at least 1s each (clients read whole seconds)"
+                        .into(),
+                ));
+            }
+            cfg.retry_backoff_ms = g.retry_backoff_ms.clone();
+        }
         self.internal(
             InternalCommand::UpsertGroup { group: cfg },
             Fwd::UpsertGroup(g),
@@ -679,7 +777,7 @@ impl Node {
         offset: u64,
         seq: u64,
     ) -> Result<(), BrokerError> {
-        let dlq = consume::dlq_topic(group);
+        let dlq = consume::dlq_topic(consume::group_of_key(group));
         if self.sm.topic(&dlq).is_none() {
             self.propose(InternalCommand::UpsertTopic {
                 topic: TopicConfig {
@@ -712,6 +810,7 @@ impl Node {
                     body: m.body.clone(),
                     message_group: String::new(),
                     born_timestamp_ms: m.born_timestamp_ms,
+                    ..Default::default()
                 }],
             })
             .await?;

@@ -204,6 +204,40 @@ fn endpoint_of(q: &v2::MessageQueue) -> Option<String> {
     })
 }
 
+/// The broker group of a route entry (`broker.name` is `<group>@<address>`).
+fn broker_group(q: &v2::MessageQueue) -> &str {
+    let name = q.broker.as_ref().map(|b| b.name.as_str()).unwrap_or("");
+    name.split('@').next().unwrap_or(name)
+}
+
+/// The entry a message goes to: round robin over all entries, except that a message with a
+/// message group always goes to the same broker group (chosen by a hash of the message group;
+/// FIFO order holds only within one group's queue) and round robin over that group's members.
+fn pick_entry<'a>(
+    writable: &[&'a v2::MessageQueue],
+    message_group: Option<&str>,
+    mut next: impl FnMut() -> u64,
+) -> &'a v2::MessageQueue {
+    let n = next() as usize;
+    let Some(mg) = message_group else {
+        return writable[n % writable.len()];
+    };
+    let mut groups: Vec<&str> = writable.iter().map(|q| broker_group(q)).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    // FNV-1a: stable across processes and releases.
+    let h = mg.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let g = groups[(h % groups.len() as u64) as usize];
+    let members: Vec<&'a v2::MessageQueue> = writable
+        .iter()
+        .copied()
+        .filter(|q| broker_group(q) == g)
+        .collect();
+    members[n % members.len()]
+}
+
 /// A producer.
 pub struct Producer {
     ch: Channels,
@@ -224,6 +258,14 @@ impl Producer {
             seq: AtomicU64::new(0),
             max_attempts: 3,
         })
+    }
+
+    /// A producer whose every RPC (and each send attempt) is bounded by `timeout` instead of
+    /// the default 10 s.
+    pub fn with_timeout(access_point: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let mut p = Producer::new(access_point)?;
+        p.ch.timeout = timeout;
+        Ok(p)
     }
 
     async fn queues(
@@ -298,7 +340,9 @@ impl Producer {
                     m.topic
                 )));
             }
-            let q = writable[(self.next.fetch_add(1, Ordering::Relaxed) as usize) % writable.len()];
+            let q = pick_entry(&writable, m.message_group.as_deref(), || {
+                self.next.fetch_add(1, Ordering::Relaxed)
+            });
             let Some(addr) = endpoint_of(q) else {
                 return Err(ClientError::Invalid("route without endpoints".into()));
             };
@@ -374,6 +418,20 @@ impl SimpleConsumer {
             queues: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
         })
+    }
+
+    /// A consumer whose RPCs are bounded by `timeout` (default 60 s; it must exceed the long
+    /// polling wait given to [`SimpleConsumer::receive`]).
+    pub fn with_timeout(
+        access_point: &str,
+        group: &str,
+        topic: &str,
+        filter: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut c = SimpleConsumer::new(access_point, group, topic, filter)?;
+        c.ch.timeout = timeout;
+        Ok(c)
     }
 
     async fn pick(&self) -> Result<v2::MessageQueue, ClientError> {
@@ -515,5 +573,67 @@ impl SimpleConsumer {
             })?
             .into_inner();
         check(r.status.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(group: &str, addr: &str, id: i32) -> v2::MessageQueue {
+        v2::MessageQueue {
+            id,
+            broker: Some(v2::Broker {
+                name: format!("{group}@{addr}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_message_group_sticks_to_one_broker_group() {
+        let all: Vec<v2::MessageQueue> = ["a", "b"]
+            .iter()
+            .flat_map(|g| (0..3).map(move |m| entry(g, &format!("{g}{m}:1"), m)))
+            .collect();
+        let writable: Vec<&v2::MessageQueue> = all.iter().collect();
+        for mg in ["order-1", "order-2", "x", "y", "z"] {
+            let mut n = 0u64;
+            let picked: Vec<String> = (0..12)
+                .map(|_| {
+                    let q = pick_entry(&writable, Some(mg), || {
+                        n += 1;
+                        n
+                    });
+                    q.broker
+                        .as_ref()
+                        .map(|b| b.name.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            let groups: std::collections::BTreeSet<&str> = picked
+                .iter()
+                .map(|s| s.split('@').next().unwrap_or(""))
+                .collect();
+            assert_eq!(groups.len(), 1, "{mg} went to {picked:?}");
+            let members: std::collections::BTreeSet<&String> = picked.iter().collect();
+            assert_eq!(members.len(), 3, "retries rotate over the group's members");
+        }
+        // Without a message group every entry is used.
+        let mut n = 0u64;
+        let names: std::collections::BTreeSet<String> = (0..6)
+            .map(|_| {
+                let q = pick_entry(&writable, None, || {
+                    n += 1;
+                    n
+                });
+                q.broker
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(names.len(), 6);
     }
 }

@@ -1,10 +1,11 @@
-//! The nameserver: a stateless route registry (`raftmq nameserver --listen HOST:PORT`).
+//! The nameserver: a stateless route registry (`raftmq nameserver --listen HOST:PORT`, or
+//! `--config FILE`; see [`NameserverArgs`] and [`crate::config`]).
 //!
 //! Several nameservers run side by side and never talk to each other. Every broker node
 //! reports its full state (group, node id, advertised address, Raft role, term, leader,
 //! commit/applied/last log index, the group's topics) to every nameserver once per heartbeat
 //! interval (`crate::broker::register`); a node silent for the node timeout (3 intervals,
-//! `--node-timeout-ms`, default 3000) is dropped.
+//! `node_timeout_ms`, default 3000) is dropped.
 //!
 //! One port serves
 //! * `raftmq.nameserver.Nameserver` (`proto/raftmq/nameserver.proto`): `Heartbeat` from the
@@ -19,6 +20,7 @@ pub mod registry;
 pub mod service;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +30,15 @@ use tokio::task::JoinHandle;
 pub use crate::protocol::route::GroupRoute;
 pub use registry::Registry;
 
+use crate::config::{ConfigError, NameserverSettings};
+
 use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingServiceServer;
 use crate::proto::raftmq::nameserver::nameserver_server::NameserverServer;
 
 /// How long a shutdown waits for in-flight calls.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Default `--node-timeout-ms`: a node silent this long is dropped.
+/// Default `node_timeout_ms`: a node silent this long is dropped.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything the nameserver can fail with.
@@ -85,30 +89,42 @@ impl NameserverConfig {
     }
 }
 
-/// Flags of `raftmq nameserver`.
+/// Flags of `raftmq nameserver`. Every setting can also come from a TOML file (`--config`) or
+/// a `RAFTMQ_NAMESERVER_*` environment variable; flags override the environment, which
+/// overrides the file, key by key. Keys and defaults: [`crate::config::NameserverSettings`];
+/// commented example: `deploy/conf/nameserver.toml`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NameserverArgs {
-    /// Address to bind the gRPC port (registry + RocketMQ access point), HOST:PORT.
-    #[arg(long, env = "RAFTMQ_NAMESERVER_LISTEN", default_value = "0.0.0.0:9876")]
-    pub listen: SocketAddr,
-    /// Drop a broker node silent for this many milliseconds (3 heartbeat intervals; nodes
-    /// heartbeat every third of it).
-    #[arg(long, env = "RAFTMQ_NODE_TIMEOUT_MS", default_value_t = 3000)]
-    pub node_timeout_ms: u64,
+    /// TOML config file (keys: the flag names with `_` instead of `-`).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to bind the gRPC port (registry + RocketMQ access point), IP:PORT
+    /// (default 0.0.0.0:9876).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_LISTEN")]
+    pub listen: Option<String>,
+    /// Drop a broker node silent for this many milliseconds (default 3000, at least 150;
+    /// nodes heartbeat every third of it, at most every second).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_NODE_TIMEOUT_MS")]
+    pub node_timeout_ms: Option<u64>,
 }
 
 impl NameserverArgs {
-    /// The configuration these flags describe.
-    pub fn config(&self) -> Result<NameserverConfig, NameserverError> {
-        if self.node_timeout_ms < 3 {
-            return Err(NameserverError::Config(
-                "--node-timeout-ms must be at least 3".into(),
-            ));
+    /// These flags (and their environment variables) as one settings source.
+    pub fn settings(&self) -> NameserverSettings {
+        NameserverSettings {
+            listen: self.listen.clone(),
+            node_timeout_ms: self.node_timeout_ms,
         }
-        Ok(NameserverConfig {
-            listen: self.listen,
-            node_timeout: Duration::from_millis(self.node_timeout_ms),
-        })
+    }
+
+    /// The configuration: the `--config` file, overridden by the environment and flags,
+    /// validated; errors name the key.
+    pub fn config(&self) -> Result<NameserverConfig, ConfigError> {
+        let file = match &self.config {
+            Some(p) => NameserverSettings::from_file(p)?,
+            None => NameserverSettings::default(),
+        };
+        self.settings().over(file).into_nameserver_config()
     }
 }
 

@@ -56,6 +56,47 @@ pub fn exponential_backoff(
     }
 }
 
+/// A customized `RetryPolicy`: attempt n waits `delays[n-1]` (whole seconds, as the Python
+/// PushConsumer reads them).
+pub fn customized_backoff(max_attempts: i32, delays: &[Duration]) -> api::RetryPolicy {
+    api::RetryPolicy {
+        max_attempts,
+        strategy: Some(api::retry_policy::Strategy::CustomizedBackoff(
+            api::CustomizedBackoff {
+                next: delays
+                    .iter()
+                    .map(|d| duration(Duration::from_secs(d.as_secs().max(1))))
+                    .collect(),
+            },
+        )),
+    }
+}
+
+/// Apply a consumer group's configuration to the settings answered to one of its
+/// consumers: `fifo`, and the redelivery backoff. The Python PushConsumer honours only a
+/// customized backoff and every other client only an exponential one, so Python push
+/// consumers get the group's delays as they are and the others an exponential policy from the
+/// first delay to the last.
+pub fn apply_group(s: &mut api::Settings, fifo: bool, max_attempts: u32, delays: &[Duration]) {
+    let Some(PubSub::Subscription(sub)) = &mut s.pub_sub else {
+        return;
+    };
+    sub.fifo = Some(fifo);
+    let attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+    let python = s
+        .user_agent
+        .as_ref()
+        .is_some_and(|u| u.language == api::Language::Python as i32);
+    let push = s.client_type == Some(api::ClientType::PushConsumer as i32);
+    s.backoff_policy = Some(if python && push && !delays.is_empty() {
+        customized_backoff(attempts, delays)
+    } else {
+        let first = delays.first().copied().unwrap_or(CONSUMER_BACKOFF.0);
+        let last = delays.last().copied().unwrap_or(CONSUMER_BACKOFF.1);
+        exponential_backoff(attempts, (first, last.max(first), 2.0))
+    });
+}
+
 fn is_consumer(t: Option<i32>) -> bool {
     matches!(
         t.and_then(|t| api::ClientType::try_from(t).ok()),

@@ -62,6 +62,39 @@ pub struct GroupConfig {
     /// Orderly (FIFO) consumption: a queue's next message is delivered only after the
     /// previous one is acked.
     pub fifo: bool,
+    /// Broadcasting: every consumer (client id) of the group gets every message, with its
+    /// own progress (see [`state_key`]). Clustering (false) shares the messages.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Redelivery delays after failed consumptions, in ms: attempt n waits element n-1 (the
+    /// last one repeats). Advertised to PushConsumers in their Settings.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_ms: Vec<u64>,
+}
+
+/// RocketMQ's retry delays: 1s 5s 10s 30s 1m 2m … 10m 20m 30m 1h 2h.
+pub fn default_retry_backoff() -> Vec<u64> {
+    [
+        1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+    ]
+    .iter()
+    .map(|s| s * 1000)
+    .collect()
+}
+
+/// The key a group's delivery state is kept under: the group itself (clustering), or
+/// `group@client` per consumer for a broadcasting group. `@` cannot occur in group names.
+pub fn state_key(group: &GroupConfig, client_id: &str) -> String {
+    if group.broadcast {
+        format!("{}@{client_id}", group.name)
+    } else {
+        group.name.clone()
+    }
+}
+
+/// The group a delivery-state key belongs to (inverse of [`state_key`]).
+pub fn group_of_key(key: &str) -> &str {
+    key.split('@').next().unwrap_or(key)
 }
 
 impl GroupConfig {
@@ -71,6 +104,8 @@ impl GroupConfig {
             name: name.to_string(),
             max_delivery_attempts: 17,
             fifo: false,
+            broadcast: false,
+            retry_backoff_ms: default_retry_backoff(),
         }
     }
 }
@@ -204,6 +239,31 @@ impl ConsumeState {
         }
     }
 
+    /// Apply a renewal: every delivery in `items` (offset, seq) that is still the current one
+    /// gets the deadline `until_ms`; its sequence (and so the client's handle) is unchanged.
+    /// Returns how many were renewed.
+    pub fn apply_renew(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue: u32,
+        items: &[(u64, u64)],
+        until_ms: i64,
+    ) -> usize {
+        let q = self.queue_mut(group, topic, queue);
+        let mut n = 0;
+        for (offset, seq) in items {
+            if let Some(f) = q.inflight.get_mut(offset)
+                && f.seq == *seq
+                && f.invisible_until_ms < until_ms
+            {
+                f.invisible_until_ms = until_ms;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Move a queue's consume position (admin reset / commit offset): everything below
     /// `offset` is consumed, nothing at or above it is in flight.
     pub fn apply_reset(&mut self, group: &str, topic: &str, queue: u32, offset: u64) {
@@ -303,6 +363,13 @@ mod tests {
         assert_eq!(
             s.apply_change_invisible("g", "t", 0, 2, 8, 5000, 9),
             HandleOutcome::Ok
+        );
+        assert_eq!(s.apply_renew("g", "t", 0, &[(2, 9), (2, 8)], 9000), 1);
+        assert_eq!(
+            s.queue("g", "t", 0)
+                .and_then(|q| q.inflight.get(&2))
+                .map(|f| (f.invisible_until_ms, f.seq)),
+            Some((9000, 9))
         );
         assert_eq!(s.apply_ack("g", "t", 0, 2, 9), HandleOutcome::Ok);
         assert_eq!(s.queue("g", "t", 0).map(|q| q.ack_offset()), Some(3));

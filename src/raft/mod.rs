@@ -8,6 +8,7 @@ pub mod consume;
 pub mod grpc;
 pub mod log_store;
 pub mod network;
+pub mod pending;
 pub mod state_machine;
 pub mod types;
 

@@ -58,6 +58,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 use super::consume::{ConsumeState, GroupConfig, HandleOutcome, Pop};
+use super::pending::{self, HalfMessage, PendingMessage, PendingState, TxOutcome};
 use super::types::{
     CommandResponse, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -66,7 +67,7 @@ use crate::storage::commitlog::CommitLog;
 use crate::storage::dispatch::{DispatchConfig, Dispatcher};
 use crate::storage::error::StoreError;
 use crate::storage::fsutil;
-use crate::storage::message::{self, MessageView};
+use crate::storage::message::{self, MessageType, MessageView};
 use crate::storage::record::RecordKind;
 
 /// Record kind of JSON-encoded internal commands.
@@ -258,6 +259,37 @@ pub enum InternalCommand {
         /// New delivery sequence.
         new_seq: u64,
     },
+    /// Extend the invisibility of deliveries a client still holds (auto-renew), keeping
+    /// their sequences (the client's handles stay valid).
+    Renew {
+        /// Consumer group (the delivery-state key).
+        group: String,
+        /// Topic.
+        topic: String,
+        /// Queue id.
+        queue: u32,
+        /// (offset, seq) of each delivery.
+        items: Vec<(u64, u64)>,
+        /// New deadline (ms since the epoch).
+        until_ms: i64,
+    },
+    /// Roll back (or discard) a transaction half message. COMMIT is not a command: it is the
+    /// committed copy of the message, appended as a message batch (see `pending`).
+    EndTransaction {
+        /// Topic.
+        topic: String,
+        /// Message id.
+        message_id: String,
+        /// `rolled_back` or `discarded`.
+        outcome: TxOutcome,
+    },
+    /// Check-backs of half messages were sent at `at_ms`.
+    TxChecked {
+        /// `pending::key`s of the half messages checked.
+        keys: Vec<String>,
+        /// When.
+        at_ms: i64,
+    },
     /// Set a consumer group's committed offset for one queue.
     CommitOffset {
         /// Consumer group.
@@ -271,6 +303,10 @@ pub enum InternalCommand {
     },
 }
 
+/// [`Place::offset`] of a message that is stored but in no queue yet (a delay message before
+/// its time, a transaction half message).
+pub const PENDING_OFFSET: u64 = u64::MAX;
+
 /// Where one message of a batch ended up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Place {
@@ -278,7 +314,7 @@ pub struct Place {
     pub topic: String,
     /// Queue id.
     pub queue: u32,
-    /// Queue offset.
+    /// Queue offset; [`PENDING_OFFSET`] while the message waits (delay, transaction).
     pub offset: u64,
     /// The message id had been stored before; this is the original's place.
     pub duplicate: bool,
@@ -394,6 +430,9 @@ pub struct AppliedState {
     dedupe: DedupeWindow,
     /// Consumer groups and their delivery state.
     pub consume: ConsumeState,
+    /// Delay messages before their time and transaction half messages.
+    #[serde(default)]
+    pub pending: PendingState,
     /// Dispatch position matching `last_applied`: (index, end position of that record).
     pub dispatched: Option<(u64, u64)>,
     /// Base of the CommitLog segment holding the last applied entry.
@@ -609,21 +648,82 @@ impl SmCore {
     fn apply_messages(&self, inner: &mut SmInner, log_id: LogId) -> io::Result<Vec<Place>> {
         let record = self.log.read(log_id.index)?;
         let views = message::decode_batch(&record.payload).map_err(io_err)?;
+        let base = record.payload_pos();
         let mut places: Vec<Option<Place>> = Vec::with_capacity(views.len());
         let mut keep = Vec::with_capacity(views.len());
+        // Newly stored messages (not retries, not broker copies), for the metrics.
+        let mut fresh = Vec::with_capacity(views.len());
+        let st = &mut inner.state;
         for v in &views {
-            match inner.state.dedupe.get(&dedupe_key(&v.topic, &v.message_id)) {
-                Some(p) => {
-                    let mut p = p.clone();
-                    p.duplicate = true;
-                    places.push(Some(p));
-                    keep.push(false);
+            let key = dedupe_key(&v.topic, &v.message_id);
+            let pending_msg = || PendingMessage {
+                topic: v.topic.to_string(),
+                message_id: v.message_id.to_string(),
+                pos: base + u64::from(v.offset_in_batch),
+                size: v.len,
+            };
+            let pending_place = Place {
+                topic: v.topic.to_string(),
+                queue: v.queue_id,
+                offset: PENDING_OFFSET,
+                duplicate: false,
+            };
+            let duplicate = |p: Option<&Place>| {
+                let mut p = p.cloned().unwrap_or_else(|| pending_place.clone());
+                p.duplicate = true;
+                p
+            };
+            // The decision depends only on the message and the replicated state, so every
+            // replica makes the same one (see `pending`).
+            let (slot, kept, is_fresh) = match v.msg_type {
+                MessageType::Delay if v.delivery_timestamp_ms > v.store_timestamp_ms => {
+                    match st.dedupe.get(&key) {
+                        Some(p) => (Some(duplicate(Some(p))), false, false),
+                        None => {
+                            st.pending.add_timer(v.delivery_timestamp_ms, pending_msg());
+                            st.dedupe.insert(key, pending_place.clone());
+                            (Some(pending_place), false, true)
+                        }
+                    }
                 }
-                None => {
-                    places.push(None);
-                    keep.push(true);
+                // The fired copy of a pending delay message.
+                MessageType::Delay
+                    if st
+                        .pending
+                        .take_timer(v.delivery_timestamp_ms, &v.topic, &v.message_id) =>
+                {
+                    (None, true, false)
                 }
-            }
+                MessageType::TransactionHalf => match st.dedupe.get(&key) {
+                    Some(p) => (Some(duplicate(Some(p))), false, false),
+                    None => {
+                        st.pending.add_half(HalfMessage {
+                            msg: pending_msg(),
+                            stored_ms: v.store_timestamp_ms,
+                            checks: 0,
+                            last_check_ms: 0,
+                        });
+                        st.dedupe.insert(key, pending_place.clone());
+                        (Some(pending_place), false, true)
+                    }
+                },
+                MessageType::TransactionCommitted => {
+                    let k = pending::key(&v.topic, &v.message_id);
+                    if st.pending.resolve(&k, TxOutcome::Committed).is_some() {
+                        (None, true, false)
+                    } else {
+                        // Resolved before: this copy changes nothing.
+                        (Some(duplicate(st.dedupe.get(&key))), false, false)
+                    }
+                }
+                _ => match st.dedupe.get(&key) {
+                    Some(p) => (Some(duplicate(Some(p))), false, false),
+                    None => (None, true, true),
+                },
+            };
+            places.push(slot);
+            keep.push(kept);
+            fresh.push(is_fresh);
         }
         let mut k = keep.iter();
         let dispatched = inner
@@ -664,7 +764,13 @@ impl SmCore {
         }
         inner.state.dispatched = inner.dispatcher.last_dispatched();
         if self.proposed_here(log_id) {
-            count_messages_in(views.iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| v));
+            count_messages_in(
+                views
+                    .iter()
+                    .zip(&fresh)
+                    .filter(|(_, f)| **f)
+                    .map(|(v, _)| v),
+            );
         }
         Ok(places.into_iter().flatten().collect())
     }
@@ -749,6 +855,39 @@ impl SmCore {
                     .consume
                     .apply_change_invisible(&group, &topic, queue, offset, seq, until_ms, new_seq),
             ),
+            InternalCommand::Renew {
+                group,
+                topic,
+                queue,
+                items,
+                until_ms,
+            } => {
+                let renewed = inner
+                    .state
+                    .consume
+                    .apply_renew(&group, &topic, queue, &items, until_ms);
+                Bytes::from(format!("renewed {renewed}"))
+            }
+            InternalCommand::EndTransaction {
+                topic,
+                message_id,
+                outcome,
+            } => {
+                let k = pending::key(&topic, &message_id);
+                match inner.state.pending.resolve(&k, outcome) {
+                    Some(_) => Bytes::from_static(b"ok"),
+                    None => match inner.state.pending.resolved.get(&k) {
+                        Some(o) => Bytes::from(format!("resolved: {o}")),
+                        None => Bytes::from_static(b"unknown"),
+                    },
+                }
+            }
+            InternalCommand::TxChecked { keys, at_ms } => {
+                for k in &keys {
+                    inner.state.pending.checked(k, at_ms);
+                }
+                Bytes::from_static(b"ok")
+            }
             InternalCommand::CommitOffset {
                 group,
                 topic,
@@ -879,6 +1018,52 @@ impl SmHandle {
             .unwrap_or_default()
     }
 
+    /// The earliest due time of a pending delay message.
+    pub fn next_due(&self) -> Option<i64> {
+        self.read()?.state.pending.next_due()
+    }
+
+    /// Up to `max` delay messages due at `now_ms`: (due time, message).
+    pub fn due_timers(&self, now_ms: i64, max: usize) -> Vec<(i64, PendingMessage)> {
+        self.read()
+            .map(|g| g.state.pending.due(now_ms, max))
+            .unwrap_or_default()
+    }
+
+    /// A pending transaction half message.
+    pub fn half(&self, topic: &str, message_id: &str) -> Option<HalfMessage> {
+        self.read()?
+            .state
+            .pending
+            .halves
+            .get(&pending::key(topic, message_id))
+            .cloned()
+    }
+
+    /// How a recent transaction ended, if it did.
+    pub fn tx_resolution(&self, topic: &str, message_id: &str) -> Option<TxOutcome> {
+        self.read()?
+            .state
+            .pending
+            .resolved
+            .get(&pending::key(topic, message_id))
+            .copied()
+    }
+
+    /// Half messages due for a check-back (see [`PendingState::to_check`]).
+    pub fn halves_to_check(&self, now_ms: i64, interval_ms: i64) -> Vec<(String, HalfMessage)> {
+        self.read()
+            .map(|g| g.state.pending.to_check(now_ms, interval_ms))
+            .unwrap_or_default()
+    }
+
+    /// Pending (delay, half) message counts.
+    pub fn pending_counts(&self) -> (usize, usize) {
+        self.read()
+            .map(|g| (g.state.pending.timer_count(), g.state.pending.halves.len()))
+            .unwrap_or_default()
+    }
+
     /// Deliveries that expired on their last allowed attempt, as of `now_ms`:
     /// (group, topic, queue, offset, seq). The leader dead-letters them.
     pub fn exhausted(&self, now_ms: i64) -> Vec<(String, String, u32, u64, u64)> {
@@ -888,7 +1073,9 @@ impl SmHandle {
         let c = &g.state.consume;
         let mut out = Vec::new();
         for (group, topics) in &c.queues {
-            let max = c.group(group).max_delivery_attempts;
+            let max = c
+                .group(super::consume::group_of_key(group))
+                .max_delivery_attempts;
             for (topic, queues) in topics {
                 for (q, st) in queues {
                     for (off, f) in &st.inflight {
@@ -1008,7 +1195,12 @@ impl SmHandle {
         let seg_size = self.core.log.config().segment_size;
         let total = segs.len() as u64 * seg_size;
         let mut delete_upto: Option<u64> = None; // base of the newest segment to delete
+        // A pending delay or half message keeps its segment (and all later ones).
+        let keep_from = self.read().and_then(|g| g.state.pending.min_pos());
         for (i, (base, path)) in segs.iter().enumerate().take(segs.len() - 1) {
+            if keep_from.is_some_and(|p| p < base + seg_size) {
+                break;
+            }
             let too_big = max_bytes.is_some_and(|m| total - (i as u64) * seg_size > m);
             // A sealed segment is never written again: its mtime is when it was sealed.
             let too_old = max_age.is_some_and(|age| {

@@ -23,7 +23,7 @@
 //!      0    4 total length            u32, bytes of the whole message including this field
 //!      4    1 layout version          1 (equal to the batch version)
 //!      5    1 message type            0 normal, 1 fifo, 2 delay, 3 transaction half,
-//!                                     4 transaction commit marker (reserved for the broker)
+//!                                     4 transaction committed (copy written by the broker)
 //!      6    2 flags                   u16, 0 (reserved; a version 1 reader rejects non-zero)
 //!      8    4 queue id                u32
 //!     12    8 born timestamp          i64, ms since the Unix epoch, set by the producer
@@ -240,8 +240,9 @@ pub enum MessageType {
     Delay,
     /// First phase of a transactional message.
     TransactionHalf,
-    /// Commit/rollback marker written by the broker (reserved).
-    TransactionCommitMarker,
+    /// The committed copy of a transaction half message, appended by the broker on COMMIT
+    /// (see `raft::pending`); consumers see it as a transactional message.
+    TransactionCommitted,
 }
 
 impl MessageType {
@@ -252,7 +253,7 @@ impl MessageType {
             MessageType::Fifo => 1,
             MessageType::Delay => 2,
             MessageType::TransactionHalf => 3,
-            MessageType::TransactionCommitMarker => 4,
+            MessageType::TransactionCommitted => 4,
         }
     }
 
@@ -263,7 +264,7 @@ impl MessageType {
             1 => MessageType::Fifo,
             2 => MessageType::Delay,
             3 => MessageType::TransactionHalf,
-            4 => MessageType::TransactionCommitMarker,
+            4 => MessageType::TransactionCommitted,
             _ => return None,
         })
     }

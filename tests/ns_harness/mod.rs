@@ -88,6 +88,11 @@ impl Env {
 
     /// Start an `n`-node group registering with every nameserver started so far.
     pub fn start_group(&mut self, group: &str, n: u64) {
+        self.start_group_with(group, n, &[]);
+    }
+
+    /// `start_group` with extra `raftmq broker` flags for every node.
+    pub fn start_group_with(&mut self, group: &str, n: u64, extra: &[&str]) {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let peers = (1..=n)
             .map(|i| format!("{i}=127.0.0.1:{}", ports[(i - 1) as usize]))
@@ -118,6 +123,7 @@ impl Env {
                     "--nameservers",
                     &ns,
                 ])
+                .args(extra)
                 .env(
                     "RUST_LOG",
                     "info,openraft=warn,raftmq::broker::register=debug",

@@ -1,0 +1,814 @@
+//! The checker: reads a history and reports lost messages, duplicates, order violations,
+//! inconsistent offsets, redeliveries of acked messages and the unavailability window (RTO)
+//! after each fault. Pure: a function of the events only.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::history::{Event, SendOutcome};
+
+/// How many examples of each problem the report lists.
+const SAMPLES: usize = 20;
+
+/// Everything the checker found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Analysis {
+    /// Distinct message ids sent (at least one call).
+    pub sent: usize,
+    /// Send calls (retries included).
+    pub send_calls: usize,
+    /// Message ids acknowledged at least once.
+    pub acked: usize,
+    /// Message ids never acknowledged (every call failed or timed out).
+    pub indeterminate: usize,
+    /// Indeterminate sends that were stored nonetheless (found in the final read or delivered).
+    pub indeterminate_stored: usize,
+    /// Distinct (consumer group, message) deliveries.
+    pub delivered: usize,
+    /// Deliveries in total (redeliveries included).
+    pub deliveries: usize,
+    /// Acknowledged, never delivered and absent from the final read of every replica.
+    pub lost: Vec<String>,
+    /// Number of lost messages.
+    pub lost_count: usize,
+    /// Acknowledged, never delivered, and below every replica's minimum offset (deleted by
+    /// retention before any consumer got it). Not a safety violation; reported.
+    pub expired_undelivered: usize,
+    /// (consumer group, message) stored (in the final read) but never delivered to a group
+    /// subscribed to its topic.
+    pub unseen: Vec<String>,
+    /// Number of unseen (group, message) pairs.
+    pub unseen_count: usize,
+    /// Messages stored at more than one queue offset.
+    pub stored_duplicates: usize,
+    /// ... of which the message had more than one send call (a client retry explains it).
+    pub stored_duplicates_explained_by_retry: usize,
+    /// (consumer group, message) delivered more than once.
+    pub redelivered: usize,
+    /// ... of which an ack had succeeded before a later delivery.
+    pub acked_redelivered: usize,
+    /// Order violations within a message group (FIFO topics).
+    pub order_violations: Vec<String>,
+    /// Number of order violations.
+    pub order_violation_count: usize,
+    /// Two messages at one queue offset, or one message at two offsets, or an acknowledged or
+    /// delivered offset that differs from where the message is stored.
+    pub inconsistent_offsets: Vec<String>,
+    /// Number of inconsistent offsets.
+    pub inconsistent_offset_count: usize,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<String, usize>,
+    /// Milliseconds from each fault to the first acknowledged send started after it.
+    pub rto_ms: Vec<(String, u64)>,
+    /// Faults after which no send was acknowledged again.
+    pub rto_unrecovered: usize,
+    /// RTO p50 / p99 / max in milliseconds.
+    pub rto_p50_ms: u64,
+    /// RTO p99.
+    pub rto_p99_ms: u64,
+    /// RTO max.
+    pub rto_max_ms: u64,
+    /// Max RTO per fault kind.
+    pub rto_max_by_kind_ms: BTreeMap<String, u64>,
+}
+
+impl Analysis {
+    /// Lost, order or offset violations: the run fails.
+    pub fn safety_violations(&self) -> usize {
+        self.lost_count + self.order_violation_count + self.inconsistent_offset_count
+    }
+}
+
+fn push(v: &mut Vec<String>, count: &mut usize, s: String) {
+    *count += 1;
+    if v.len() < SAMPLES {
+        v.push(s);
+    }
+}
+
+#[derive(Default)]
+struct SendInfo {
+    topic: String,
+    producer: String,
+    group: Option<String>,
+    seq: u64,
+    calls: usize,
+    first_t0: u64,
+    first_ack: Option<u64>,
+    ack_offsets: BTreeSet<i64>,
+}
+
+/// A place in a queue: (broker group, topic, queue, offset).
+type Slot = (String, String, u32, u64);
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Analyse a history.
+pub fn check(events: &[Event]) -> Analysis {
+    let mut a = Analysis::default();
+    let mut subs: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    let mut sends: BTreeMap<String, SendInfo> = BTreeMap::new();
+    let mut slots: BTreeMap<Slot, BTreeSet<String>> = BTreeMap::new();
+    let mut positions: BTreeMap<String, BTreeSet<Slot>> = BTreeMap::new();
+    let mut mins: BTreeMap<String, Vec<u64>> = BTreeMap::new(); // topic → every (node, queue) min
+    let mut ok_sends: Vec<(u64, u64)> = Vec::new(); // (t0, t1)
+    let mut faults: Vec<(u64, String)> = Vec::new();
+    // (consumer group, id) → deliveries (t, slot, attempt) and acks (t, ok), in history order.
+    let mut deliv: BTreeMap<(String, String), Vec<(u64, Slot, i32)>> = BTreeMap::new();
+    let mut acks: BTreeMap<(String, String), Vec<(u64, bool)>> = BTreeMap::new();
+    // Delivery stream per consumer group, in history order: (t, id).
+    let mut streams: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+
+    for e in events {
+        match e {
+            Event::Subscribe {
+                consumer_group,
+                topic,
+                fifo,
+            } => subs
+                .entry(topic.clone())
+                .or_default()
+                .push((consumer_group.clone(), *fifo)),
+            Event::Send {
+                t0,
+                t1,
+                producer,
+                id,
+                topic,
+                message_group,
+                seq,
+                outcome,
+                ..
+            } => {
+                a.send_calls += 1;
+                let s = sends.entry(id.clone()).or_insert_with(|| SendInfo {
+                    topic: topic.clone(),
+                    producer: producer.clone(),
+                    group: message_group.clone(),
+                    seq: *seq,
+                    first_t0: *t0,
+                    ..Default::default()
+                });
+                s.calls += 1;
+                if let SendOutcome::Ok { offset } = outcome {
+                    s.ack_offsets.insert(*offset);
+                    if s.first_ack.is_none() {
+                        s.first_ack = Some(*t1);
+                    }
+                    ok_sends.push((*t0, *t1));
+                }
+            }
+            Event::Deliver {
+                t,
+                consumer_group,
+                id,
+                topic,
+                broker_group,
+                queue,
+                offset,
+                attempt,
+                ..
+            } => {
+                a.deliveries += 1;
+                let slot = (
+                    broker_group.clone(),
+                    topic.clone(),
+                    (*queue).max(0) as u32,
+                    (*offset).max(0) as u64,
+                );
+                deliv
+                    .entry((consumer_group.clone(), id.clone()))
+                    .or_default()
+                    .push((*t, slot, *attempt));
+                streams
+                    .entry(consumer_group.clone())
+                    .or_default()
+                    .push((*t, id.clone()));
+            }
+            Event::Ack {
+                t,
+                consumer_group,
+                id,
+                ok,
+            } => acks
+                .entry((consumer_group.clone(), id.clone()))
+                .or_default()
+                .push((*t, *ok)),
+            Event::Fault { t, kind, start, .. } => {
+                if *start {
+                    *a.faults.entry(kind.clone()).or_default() += 1;
+                    faults.push((*t, kind.clone()));
+                }
+            }
+            Event::FinalQueue { topic, min, .. } => {
+                mins.entry(topic.clone()).or_default().push(*min);
+            }
+            Event::Final {
+                broker_group,
+                topic,
+                queue,
+                offset,
+                id,
+                ..
+            } => {
+                let slot = (broker_group.clone(), topic.clone(), *queue, *offset);
+                slots.entry(slot.clone()).or_default().insert(id.clone());
+                positions.entry(id.clone()).or_default().insert(slot);
+            }
+        }
+    }
+
+    a.sent = sends.len();
+    a.acked = sends.values().filter(|s| s.first_ack.is_some()).count();
+    a.indeterminate = a.sent - a.acked;
+    a.delivered = deliv.len();
+    let delivered_ids: BTreeSet<&String> = deliv.keys().map(|(_, id)| id).collect();
+    a.indeterminate_stored = sends
+        .iter()
+        .filter(|(id, s)| {
+            s.first_ack.is_none() && (positions.contains_key(*id) || delivered_ids.contains(id))
+        })
+        .count();
+
+    // Lost / expired.
+    for (id, s) in &sends {
+        if s.first_ack.is_none() || positions.contains_key(id) || delivered_ids.contains(id) {
+            continue;
+        }
+        let below_all = s.ack_offsets.iter().all(|o| {
+            mins.get(&s.topic)
+                .is_some_and(|m| !m.is_empty() && m.iter().all(|min| (*o as u64) < *min))
+        });
+        if below_all {
+            a.expired_undelivered += 1;
+        } else {
+            push(
+                &mut a.lost,
+                &mut a.lost_count,
+                format!(
+                    "{id} ({} {:?} seq {}) acked at offset {:?}, never delivered nor stored",
+                    s.topic, s.group, s.seq, s.ack_offsets
+                ),
+            );
+        }
+    }
+
+    // Unseen: stored messages every subscribed group should have received.
+    for (id, s) in &sends {
+        if !positions.contains_key(id) {
+            continue;
+        }
+        for (cg, _) in subs.get(&s.topic).into_iter().flatten() {
+            if !deliv.contains_key(&(cg.clone(), id.clone())) {
+                push(
+                    &mut a.unseen,
+                    &mut a.unseen_count,
+                    format!("{id} ({}) never delivered to {cg}", s.topic),
+                );
+            }
+        }
+    }
+
+    // Offsets.
+    for (slot, ids) in &slots {
+        if ids.len() > 1 {
+            push(
+                &mut a.inconsistent_offsets,
+                &mut a.inconsistent_offset_count,
+                format!("{slot:?} holds {} messages: {ids:?}", ids.len()),
+            );
+        }
+    }
+    for (id, pos) in &positions {
+        let Some(s) = sends.get(id) else { continue };
+        if pos.len() > 1 {
+            a.stored_duplicates += 1;
+            if s.calls > 1 {
+                a.stored_duplicates_explained_by_retry += 1;
+            } else {
+                push(
+                    &mut a.inconsistent_offsets,
+                    &mut a.inconsistent_offset_count,
+                    format!("{id} sent once but stored at {pos:?}"),
+                );
+            }
+            continue;
+        }
+        if let Some(slot) = pos.iter().next() {
+            for o in &s.ack_offsets {
+                if *o >= 0 && *o as u64 != slot.3 {
+                    push(
+                        &mut a.inconsistent_offsets,
+                        &mut a.inconsistent_offset_count,
+                        format!("{id} acknowledged at offset {o} but stored at {slot:?}"),
+                    );
+                }
+            }
+        }
+    }
+    let mut delivered_slots: BTreeMap<Slot, BTreeSet<String>> = BTreeMap::new();
+    for ((_, id), ds) in &deliv {
+        for (_, slot, _) in ds {
+            delivered_slots
+                .entry(slot.clone())
+                .or_default()
+                .insert(id.clone());
+            if let Some(pos) = positions.get(id)
+                && !pos.contains(slot)
+            {
+                push(
+                    &mut a.inconsistent_offsets,
+                    &mut a.inconsistent_offset_count,
+                    format!("{id} delivered from {slot:?} but stored at {pos:?}"),
+                );
+            }
+        }
+    }
+    for (slot, ids) in &delivered_slots {
+        if ids.len() > 1 {
+            push(
+                &mut a.inconsistent_offsets,
+                &mut a.inconsistent_offset_count,
+                format!("{slot:?} delivered as {} messages: {ids:?}", ids.len()),
+            );
+        }
+    }
+
+    // Redeliveries.
+    for (key, ds) in &deliv {
+        if ds.len() < 2 {
+            continue;
+        }
+        a.redelivered += 1;
+        let first_ok_ack = acks
+            .get(key)
+            .and_then(|v| v.iter().find(|(_, ok)| *ok).map(|(t, _)| *t));
+        if let Some(t) = first_ok_ack
+            && ds.iter().any(|(td, _, _)| *td > t)
+        {
+            a.acked_redelivered += 1;
+        }
+    }
+
+    // Order: stored order per (producer, message group), for acknowledged messages where the
+    // later one was first sent after the earlier one was acknowledged.
+    let mut by_group: BTreeMap<(String, String, String), Vec<(&String, &SendInfo)>> =
+        BTreeMap::new();
+    for (id, s) in &sends {
+        if let Some(g) = &s.group
+            && s.first_ack.is_some()
+        {
+            by_group
+                .entry((s.topic.clone(), s.producer.clone(), g.clone()))
+                .or_default()
+                .push((id, s));
+        }
+    }
+    for (key, v) in by_group.iter_mut() {
+        v.sort_by_key(|(_, s)| s.seq);
+        for w in v.windows(2) {
+            let ((ia, sa), (ib, sb)) = (w[0], w[1]);
+            if sa.first_ack.is_none_or(|t| sb.first_t0 < t) {
+                continue;
+            }
+            let (Some(pa), Some(pb)) = (
+                positions.get(ia).and_then(|p| p.iter().next()),
+                positions.get(ib).and_then(|p| p.iter().next()),
+            ) else {
+                continue;
+            };
+            if (&pa.0, pa.2) != (&pb.0, pb.2) || pa.3 >= pb.3 {
+                push(
+                    &mut a.order_violations,
+                    &mut a.order_violation_count,
+                    format!(
+                        "{key:?}: seq {} stored at {pa:?} but seq {} (sent after its ack) at {pb:?}",
+                        sa.seq, sb.seq
+                    ),
+                );
+            }
+        }
+    }
+    // Order: delivery order per (FIFO consumer group, producer, message group).
+    let fifo_groups: BTreeSet<(String, String)> = subs
+        .iter()
+        .flat_map(|(t, v)| {
+            v.iter()
+                .filter(|(_, f)| *f)
+                .map(move |(cg, _)| (cg.clone(), t.clone()))
+        })
+        .collect();
+    for (cg, stream) in &streams {
+        // (topic, producer, message group) → (highest seq delivered, seqs delivered)
+        #[allow(clippy::type_complexity)]
+        let mut seen: BTreeMap<
+            (String, String, String),
+            (u64, BTreeSet<u64>, BTreeSet<u64>),
+        > = BTreeMap::new();
+        for (t, id) in stream {
+            let Some(s) = sends.get(id) else { continue };
+            let Some(g) = &s.group else { continue };
+            if !fifo_groups.contains(&(cg.clone(), s.topic.clone())) {
+                continue;
+            }
+            let key = (s.topic.clone(), s.producer.clone(), g.clone());
+            let entry = seen
+                .entry(key.clone())
+                .or_insert((0, BTreeSet::new(), BTreeSet::new()));
+            if entry.1.contains(&s.seq) {
+                continue; // a redelivery
+            }
+            if !entry.1.is_empty() && s.seq < entry.0 {
+                push(
+                    &mut a.order_violations,
+                    &mut a.order_violation_count,
+                    format!(
+                        "{cg} {key:?}: seq {} first delivered at {t} ms after seq {}",
+                        s.seq, entry.0
+                    ),
+                );
+            }
+            // Skips: an earlier message of the group, acknowledged before this one was first
+            // sent, and not delivered yet.
+            if let Some(v) = by_group.get(&key) {
+                for (_, e) in v.iter().filter(|(_, e)| e.seq < s.seq) {
+                    if !entry.1.contains(&e.seq)
+                        && !entry.2.contains(&e.seq)
+                        && e.first_ack.is_some_and(|ta| ta <= s.first_t0)
+                    {
+                        push(
+                            &mut a.order_violations,
+                            &mut a.order_violation_count,
+                            format!(
+                                "{cg} {key:?}: seq {} delivered at {t} ms before seq {}",
+                                s.seq, e.seq
+                            ),
+                        );
+                        entry.2.insert(e.seq); // report each skipped message once
+                    }
+                }
+            }
+            entry.0 = entry.0.max(s.seq);
+            entry.1.insert(s.seq);
+        }
+    }
+
+    // RTO: fault → first acknowledged send started after it.
+    ok_sends.sort_unstable();
+    let mut rtos = Vec::new();
+    for (t, kind) in &faults {
+        let first = ok_sends
+            .iter()
+            .filter(|(t0, _)| t0 >= t)
+            .map(|(_, t1)| *t1)
+            .min();
+        match first {
+            Some(t1) => {
+                let r = t1 - t;
+                rtos.push(r);
+                a.rto_ms.push((kind.clone(), r));
+                let m = a.rto_max_by_kind_ms.entry(kind.clone()).or_default();
+                *m = (*m).max(r);
+            }
+            None => a.rto_unrecovered += 1,
+        }
+    }
+    rtos.sort_unstable();
+    a.rto_p50_ms = percentile(&rtos, 50.0);
+    a.rto_p99_ms = percentile(&rtos, 99.0);
+    a.rto_max_ms = rtos.last().copied().unwrap_or(0);
+    a
+}
+
+/// The summary table.
+pub fn table(a: &Analysis) -> String {
+    let mut s = String::new();
+    let mut row = |k: &str, v: String| s.push_str(&format!("  {k:<40} {v}\n"));
+    let faults: Vec<String> = a.faults.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    row(
+        "faults injected",
+        format!(
+            "{} ({})",
+            a.faults.values().sum::<usize>(),
+            faults.join(", ")
+        ),
+    );
+    row(
+        "messages sent / acked / indeterminate",
+        format!("{} / {} / {}", a.sent, a.acked, a.indeterminate),
+    );
+    row("send calls (retries included)", a.send_calls.to_string());
+    row(
+        "indeterminate sends stored anyway",
+        a.indeterminate_stored.to_string(),
+    );
+    row(
+        "delivered (group, msg) / deliveries",
+        format!("{} / {}", a.delivered, a.deliveries),
+    );
+    row("LOST", a.lost_count.to_string());
+    row(
+        "expired by retention undelivered",
+        a.expired_undelivered.to_string(),
+    );
+    row("unseen by a subscribed group", a.unseen_count.to_string());
+    row(
+        "stored duplicates (explained by retry)",
+        format!(
+            "{} ({})",
+            a.stored_duplicates, a.stored_duplicates_explained_by_retry
+        ),
+    );
+    row(
+        "redelivered (group, msg) / acked then redelivered",
+        format!("{} / {}", a.redelivered, a.acked_redelivered),
+    );
+    row("ORDER VIOLATIONS", a.order_violation_count.to_string());
+    row(
+        "INCONSISTENT OFFSETS",
+        a.inconsistent_offset_count.to_string(),
+    );
+    row(
+        "RTO p50 / p99 / max (ms)",
+        format!("{} / {} / {}", a.rto_p50_ms, a.rto_p99_ms, a.rto_max_ms),
+    );
+    let by_kind: Vec<String> = a
+        .rto_max_by_kind_ms
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    row("RTO max by fault kind (ms)", by_kind.join(", "));
+    row("faults with no later ack", a.rto_unrecovered.to_string());
+    for (name, v) in [
+        ("lost", &a.lost),
+        ("unseen", &a.unseen),
+        ("order", &a.order_violations),
+        ("offsets", &a.inconsistent_offsets),
+    ] {
+        for x in v {
+            s.push_str(&format!("  ! {name}: {x}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(id: &str, seq: u64, group: Option<&str>, t: u64, ok: Option<i64>) -> Event {
+        Event::Send {
+            t0: t,
+            t1: t + 1,
+            producer: "p1".into(),
+            id: id.into(),
+            topic: if group.is_some() { "fifo" } else { "normal" }.into(),
+            message_group: group.map(str::to_string),
+            seq,
+            attempt: 1,
+            outcome: match ok {
+                Some(offset) => SendOutcome::Ok { offset },
+                None => SendOutcome::Unknown {
+                    error: "timeout".into(),
+                },
+            },
+        }
+    }
+
+    fn fin(id: &str, topic: &str, queue: u32, offset: u64) -> Event {
+        Event::Final {
+            broker_group: "g1".into(),
+            node: 1,
+            topic: topic.into(),
+            queue,
+            offset,
+            id: id.into(),
+        }
+    }
+
+    fn deliver(cg: &str, id: &str, topic: &str, queue: i32, offset: i64, t: u64) -> Event {
+        Event::Deliver {
+            t,
+            consumer_group: cg.into(),
+            consumer: "c1".into(),
+            id: id.into(),
+            topic: topic.into(),
+            broker_group: "g1".into(),
+            queue,
+            offset,
+            attempt: 1,
+        }
+    }
+
+    fn subs() -> Vec<Event> {
+        vec![
+            Event::Subscribe {
+                consumer_group: "cg".into(),
+                topic: "normal".into(),
+                fifo: false,
+            },
+            Event::Subscribe {
+                consumer_group: "cf".into(),
+                topic: "fifo".into(),
+                fifo: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_clean_history_has_no_violations() {
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(0)));
+        h.push(send("b", 1, None, 20, Some(1)));
+        h.push(deliver("cg", "a", "normal", 0, 0, 30));
+        h.push(deliver("cg", "b", "normal", 0, 1, 31));
+        h.push(fin("a", "normal", 0, 0));
+        h.push(fin("b", "normal", 0, 1));
+        let a = check(&h);
+        assert_eq!((a.sent, a.acked, a.delivered), (2, 2, 2));
+        assert_eq!(a.safety_violations(), 0, "{a:#?}");
+        assert_eq!(a.unseen_count, 0);
+    }
+
+    #[test]
+    fn a_lost_message_is_reported() {
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(0)));
+        h.push(send("b", 1, None, 20, Some(1))); // acknowledged, then gone
+        h.push(send("c", 2, None, 30, None)); // indeterminate and gone: not lost
+        h.push(deliver("cg", "a", "normal", 0, 0, 30));
+        h.push(fin("a", "normal", 0, 0));
+        h.push(Event::FinalQueue {
+            broker_group: "g1".into(),
+            node: 1,
+            topic: "normal".into(),
+            queue: 0,
+            min: 0,
+            max: 1,
+        });
+        let a = check(&h);
+        assert_eq!(a.lost_count, 1, "{a:#?}");
+        assert!(a.lost[0].starts_with("b "));
+        assert_eq!(a.indeterminate, 1);
+        assert!(a.safety_violations() > 0);
+    }
+
+    #[test]
+    fn a_message_deleted_by_retention_is_expired_not_lost() {
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(0)));
+        h.push(Event::FinalQueue {
+            broker_group: "g1".into(),
+            node: 1,
+            topic: "normal".into(),
+            queue: 0,
+            min: 5,
+            max: 9,
+        });
+        let a = check(&h);
+        assert_eq!((a.lost_count, a.expired_undelivered), (0, 1));
+    }
+
+    #[test]
+    fn duplicates_are_reported_and_explained_by_retries() {
+        let mut h = subs();
+        // "a" sent twice (a retry) and stored twice: a duplicate explained by the retry.
+        h.push(send("a", 0, None, 10, None));
+        h.push(send("a", 0, None, 20, Some(3)));
+        h.push(fin("a", "normal", 0, 2));
+        h.push(fin("a", "normal", 0, 3));
+        // "b" sent once and stored twice: unexplained, an offset inconsistency.
+        h.push(send("b", 1, None, 30, Some(4)));
+        h.push(fin("b", "normal", 1, 4));
+        h.push(fin("b", "normal", 1, 5));
+        // "c" delivered, acked, then delivered again.
+        h.push(send("c", 2, None, 40, Some(0)));
+        h.push(fin("c", "normal", 2, 0));
+        h.push(deliver("cg", "c", "normal", 2, 0, 50));
+        h.push(Event::Ack {
+            t: 51,
+            consumer_group: "cg".into(),
+            id: "c".into(),
+            ok: true,
+        });
+        h.push(deliver("cg", "c", "normal", 2, 0, 60));
+        let a = check(&h);
+        assert_eq!(a.stored_duplicates, 2, "{a:#?}");
+        assert_eq!(a.stored_duplicates_explained_by_retry, 1);
+        assert_eq!(a.inconsistent_offset_count, 1);
+        assert!(a.inconsistent_offsets[0].starts_with("b sent once"));
+        assert_eq!((a.redelivered, a.acked_redelivered), (1, 1));
+    }
+
+    #[test]
+    fn a_reorder_is_reported() {
+        let mut h = subs();
+        let g = Some("order-1");
+        h.push(send("f0", 0, g, 10, Some(0)));
+        h.push(send("f1", 1, g, 20, Some(1)));
+        h.push(send("f2", 2, g, 30, Some(2)));
+        h.push(fin("f0", "fifo", 0, 0));
+        h.push(fin("f1", "fifo", 0, 1));
+        h.push(fin("f2", "fifo", 0, 2));
+        // The consumer sees f0, f2, f1: f2 skipped over f1, and f1 came after f2.
+        h.push(deliver("cf", "f0", "fifo", 0, 0, 40));
+        h.push(deliver("cf", "f2", "fifo", 0, 2, 41));
+        h.push(deliver("cf", "f1", "fifo", 0, 1, 42));
+        let a = check(&h);
+        assert_eq!(a.order_violation_count, 2, "{a:#?}");
+        assert!(a.safety_violations() > 0);
+
+        // Stored out of order: f1 (sent after f0's ack) stored before f0.
+        let mut h = subs();
+        h.push(send("f0", 0, g, 10, Some(1)));
+        h.push(send("f1", 1, g, 20, Some(0)));
+        h.push(fin("f0", "fifo", 0, 1));
+        h.push(fin("f1", "fifo", 0, 0));
+        let a = check(&h);
+        assert_eq!(a.order_violation_count, 1, "{a:#?}");
+
+        // Redelivery of an earlier message after a later one is not a reorder of firsts.
+        let mut h = subs();
+        h.push(send("f0", 0, g, 10, Some(0)));
+        h.push(send("f1", 1, g, 20, Some(1)));
+        h.push(fin("f0", "fifo", 0, 0));
+        h.push(fin("f1", "fifo", 0, 1));
+        h.push(deliver("cf", "f0", "fifo", 0, 0, 40));
+        h.push(deliver("cf", "f0", "fifo", 0, 0, 50));
+        h.push(deliver("cf", "f1", "fifo", 0, 1, 60));
+        assert_eq!(check(&h).safety_violations(), 0);
+    }
+
+    #[test]
+    fn an_offset_clash_is_reported() {
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(7)));
+        h.push(send("b", 1, None, 20, Some(7)));
+        // Two replicas disagree about offset 7.
+        h.push(fin("a", "normal", 0, 7));
+        h.push(Event::Final {
+            broker_group: "g1".into(),
+            node: 2,
+            topic: "normal".into(),
+            queue: 0,
+            offset: 7,
+            id: "b".into(),
+        });
+        let a = check(&h);
+        assert!(a.inconsistent_offset_count >= 1, "{a:#?}");
+        assert!(a.inconsistent_offsets.iter().any(|s| s.contains("holds 2")));
+
+        // An acknowledged offset that is not where the message is.
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(3)));
+        h.push(fin("a", "normal", 0, 4));
+        let a = check(&h);
+        assert_eq!(a.inconsistent_offset_count, 1, "{a:#?}");
+
+        // Two messages delivered from one offset.
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(0)));
+        h.push(send("b", 1, None, 10, Some(1)));
+        h.push(deliver("cg", "a", "normal", 0, 0, 30));
+        h.push(deliver("cg", "b", "normal", 0, 0, 31));
+        let a = check(&h);
+        assert!(
+            a.inconsistent_offsets
+                .iter()
+                .any(|s| s.contains("delivered as 2")),
+            "{a:#?}"
+        );
+    }
+
+    #[test]
+    fn rto_is_measured_from_each_fault() {
+        let mut h = subs();
+        h.push(Event::Fault {
+            t: 100,
+            kind: "kill-leader".into(),
+            detail: String::new(),
+            start: true,
+        });
+        h.push(send("a", 0, None, 90, Some(0))); // started before the fault
+        h.push(send("b", 1, None, 1500, Some(1)));
+        h.push(send("c", 2, None, 1600, Some(2)));
+        h.push(Event::Fault {
+            t: 5000,
+            kind: "pause".into(),
+            detail: String::new(),
+            start: true,
+        });
+        let a = check(&h);
+        assert_eq!(a.rto_ms, vec![("kill-leader".to_string(), 1401)]);
+        assert_eq!(a.rto_unrecovered, 1);
+        assert_eq!(a.faults.get("kill-leader"), Some(&1));
+    }
+}
