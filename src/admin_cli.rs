@@ -150,6 +150,161 @@ pub enum AdminCmd {
     },
     /// Every group's nodes: role, term, leader, commit/applied index, lag, version.
     Cluster,
+    /// Messages: get by id or key, trace one message's deliveries and acks.
+    Message {
+        /// The message command.
+        #[command(subcommand)]
+        cmd: MessageCmd,
+    },
+}
+
+/// `raftmq admin message` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum MessageCmd {
+    /// Stored messages of a topic by message id or by key (through the key index).
+    Get {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Message id.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        id: Option<String>,
+        /// Message key.
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many messages per broker group.
+        #[arg(long, default_value_t = 32)]
+        max: u32,
+    },
+    /// Where a message was stored (Raft index, term, leader) and, per consumer group, each
+    /// delivery attempt and whether it was acked.
+    Trace {
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Message id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// One message in `message get` / `message trace` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageOut {
+    /// Broker group holding it.
+    pub broker_group: String,
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue_id: u32,
+    /// Queue offset; -1 while in no queue.
+    pub queue_offset: i64,
+    /// Message id.
+    pub message_id: String,
+    /// Message type.
+    pub message_type: String,
+    /// Tag (empty = none).
+    pub tag: String,
+    /// Keys.
+    pub keys: Vec<String>,
+    /// User properties.
+    pub properties: BTreeMap<String, String>,
+    /// Body, base64.
+    pub body_base64: String,
+    /// Body as UTF-8 if it is valid UTF-8.
+    pub body_utf8: Option<String>,
+    /// Producer time, ms.
+    pub born_timestamp_ms: i64,
+    /// Store time, ms.
+    pub store_timestamp_ms: i64,
+    /// Delivery time of a delay message, ms (0 = none).
+    pub delivery_timestamp_ms: i64,
+    /// Message group (empty = none).
+    pub message_group: String,
+    /// Producer host.
+    pub born_host: String,
+    /// CommitLog position.
+    pub commitlog_position: u64,
+}
+
+impl MessageOut {
+    fn new(broker_group: &str, m: apb::StoredMessage) -> Self {
+        use base64::Engine as _;
+        MessageOut {
+            broker_group: broker_group.to_string(),
+            topic: m.topic,
+            queue_id: m.queue_id,
+            queue_offset: m.queue_offset,
+            message_id: m.message_id,
+            message_type: m.message_type,
+            tag: m.tag,
+            keys: m.keys,
+            properties: m.properties.into_iter().collect(),
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&m.body),
+            body_utf8: String::from_utf8(m.body.to_vec()).ok(),
+            born_timestamp_ms: m.born_timestamp_ms,
+            store_timestamp_ms: m.store_timestamp_ms,
+            delivery_timestamp_ms: m.delivery_timestamp_ms,
+            message_group: m.message_group,
+            born_host: m.born_host,
+            commitlog_position: m.commitlog_position,
+        }
+    }
+}
+
+/// Output of `message get`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagesOut {
+    /// Messages found, per broker group newest first.
+    pub messages: Vec<MessageOut>,
+}
+
+/// Output of `message trace`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceOut {
+    /// The message.
+    pub message: MessageOut,
+    /// Raft entry that stored it, its term and the leader that wrote it.
+    pub stored: StoredAt,
+    /// Node that answered.
+    pub answered_by: u64,
+    /// Per consumer group (group@client for broadcasting consumers).
+    pub groups: Vec<GroupTraceOut>,
+    /// Last log index scanned.
+    pub scanned_to_index: u64,
+}
+
+/// Where a message was stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredAt {
+    /// Raft index.
+    pub raft_index: u64,
+    /// Term.
+    pub term: u64,
+    /// Leader node that appended it.
+    pub leader_node: u64,
+}
+
+/// One group's history of a message.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupTraceOut {
+    /// Group.
+    pub group: String,
+    /// Deliveries, in order.
+    pub deliveries: Vec<DeliveryOut>,
+    /// Acked.
+    pub acked: bool,
+}
+
+/// One delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryOut {
+    /// Attempt (1 = first).
+    pub attempt: u32,
+    /// When (ms).
+    pub at_ms: i64,
+    /// Invisible until (ms).
+    pub invisible_until_ms: i64,
 }
 
 /// `raftmq admin group` commands.
@@ -931,6 +1086,174 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
                 ok: true,
                 text: render(json, &out, cluster_table)?,
             })
+        }
+        AdminCmd::Message { cmd } => message_cmd(&ctx, cmd, json).await,
+    }
+}
+
+async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, AdminError> {
+    let groups = ctx.groups().await?;
+    match cmd {
+        MessageCmd::Get {
+            topic,
+            id,
+            key,
+            max,
+        } => {
+            let req = apb::QueryMessageRequest {
+                topic: topic.clone(),
+                message_id: id.unwrap_or_default(),
+                key: key.unwrap_or_default(),
+                max,
+            };
+            let mut messages = Vec::new();
+            let mut found_topic = false;
+            for g in &groups {
+                for addr in g.targets() {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                        continue;
+                    };
+                    match c.query_message(req.clone()).await {
+                        Ok(r) => {
+                            found_topic = true;
+                            messages.extend(
+                                r.into_inner()
+                                    .messages
+                                    .into_iter()
+                                    .map(|m| MessageOut::new(&g.name, m)),
+                            );
+                            break;
+                        }
+                        // This group does not hold the topic.
+                        Err(s) if s.code() == tonic::Code::NotFound => break,
+                        Err(_) => continue,
+                    }
+                }
+            }
+            if !found_topic {
+                return Err(AdminError::TopicNotFound(topic));
+            }
+            let out = MessagesOut { messages };
+            let ok = !out.messages.is_empty();
+            let text = render(json, &out, |o: &MessagesOut| {
+                if o.messages.is_empty() {
+                    return "no message found\n".to_string();
+                }
+                let rows: Vec<Vec<String>> = o
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.broker_group.clone(),
+                            m.queue_id.to_string(),
+                            m.queue_offset.to_string(),
+                            m.message_id.clone(),
+                            m.tag.clone(),
+                            m.keys.join(","),
+                            m.body_utf8
+                                .clone()
+                                .map(|b| b.chars().take(40).collect())
+                                .unwrap_or_else(|| {
+                                    format!("<{} bytes>", m.body_base64.len() * 3 / 4)
+                                }),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "GROUP",
+                        "QUEUE",
+                        "OFFSET",
+                        "MESSAGE ID",
+                        "TAG",
+                        "KEYS",
+                        "BODY",
+                    ],
+                    &rows,
+                )
+            })?;
+            Ok(Output { ok, text })
+        }
+        MessageCmd::Trace { topic, id } => {
+            let req = apb::QueryMessageRequest {
+                topic: topic.clone(),
+                message_id: id.clone(),
+                key: String::new(),
+                max: 8,
+            };
+            for g in &groups {
+                for addr in g.targets() {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                        continue;
+                    };
+                    let Ok(r) = c.trace_message(req.clone()).await else {
+                        continue;
+                    };
+                    let r = r.into_inner();
+                    let Some(m) = r.message else { continue };
+                    let out = TraceOut {
+                        message: MessageOut::new(&g.name, m),
+                        stored: StoredAt {
+                            raft_index: r.raft_index,
+                            term: r.term,
+                            leader_node: r.leader_node,
+                        },
+                        answered_by: r.answered_by,
+                        groups: r
+                            .groups
+                            .into_iter()
+                            .map(|t| GroupTraceOut {
+                                group: t.group,
+                                deliveries: t
+                                    .deliveries
+                                    .into_iter()
+                                    .map(|d| DeliveryOut {
+                                        attempt: d.attempt,
+                                        at_ms: d.at_ms,
+                                        invisible_until_ms: d.invisible_until_ms,
+                                    })
+                                    .collect(),
+                                acked: t.acked,
+                            })
+                            .collect(),
+                        scanned_to_index: r.scanned_to_index,
+                    };
+                    let text = render(json, &out, |o: &TraceOut| {
+                        let mut s = format!(
+                            "message {} in {}:{} offset {} stored at raft index {} (term {}, leader node {})\n",
+                            o.message.message_id,
+                            o.message.topic,
+                            o.message.queue_id,
+                            o.message.queue_offset,
+                            o.stored.raft_index,
+                            o.stored.term,
+                            o.stored.leader_node
+                        );
+                        let rows: Vec<Vec<String>> = o
+                            .groups
+                            .iter()
+                            .map(|g| {
+                                vec![
+                                    g.group.clone(),
+                                    g.deliveries.len().to_string(),
+                                    g.deliveries
+                                        .iter()
+                                        .map(|d| d.attempt.to_string())
+                                        .collect::<Vec<_>>()
+                                        .join(","),
+                                    g.acked.to_string(),
+                                ]
+                            })
+                            .collect();
+                        s.push_str(&table(&["GROUP", "DELIVERIES", "ATTEMPTS", "ACKED"], &rows));
+                        s
+                    })?;
+                    return Ok(Output { ok: true, text });
+                }
+            }
+            Err(AdminError::Usage(format!(
+                "message {id} not found in topic `{topic}`"
+            )))
         }
     }
 }

@@ -173,11 +173,6 @@ impl Raftmq {
     pub fn leader_addr(&self) -> Result<String> {
         leader_addr(&self.exe, &self.nameserver)
     }
-
-    /// Create `topic` with `queues` queues (retrying while the group registers).
-    pub fn create_topic(&self, topic: &str, queues: u32) -> Result<()> {
-        create_topic(&self.exe, &self.nameserver, topic, queues)
-    }
 }
 
 /// `raftmq admin --json cluster` → the first group's leader address.

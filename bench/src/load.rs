@@ -210,7 +210,6 @@ pub struct ProduceShape {
     pub inflight: usize,
     /// Messages per request.
     pub batch: usize,
-    pub producers: usize,
     /// Messages per second over all producers (None: as fast as the in-flight bound allows).
     pub rate: Option<f64>,
     pub max: Duration,

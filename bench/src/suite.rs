@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::cluster::{self, Nats, Raftmq, proc_cpu_secs};
 use crate::counters::{CpuMeter, DiskMeter};
 use crate::load::{self, ProduceShape, Receiver, Sender};
-use crate::report::{self, Row};
+use crate::report::Row;
 
 #[derive(clap::Args)]
 pub struct ClusterArgs {
@@ -95,6 +95,10 @@ pub struct ClusterArgs {
     /// a profiler), then run.
     #[arg(long, default_value_t = 0.0)]
     pub pause_secs: f64,
+    /// Revision label of the raftmq binary under test, when it was not built from this
+    /// workspace's tree [default: `git rev-parse` of this workspace].
+    #[arg(long)]
+    pub git_rev: Option<String>,
     /// Tiny volumes for CI: raftmq sync only (plus NATS only with --compare nats); fails
     /// unless every figure is finite and non-zero.
     #[arg(long)]
@@ -375,7 +379,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let meta = Meta {
-        git_rev: crate::git_rev(),
+        git_rev: a.git_rev.clone().unwrap_or_else(crate::git_rev),
         unix_time,
         date: utc_date(unix_time),
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -833,7 +837,6 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
                     size: a.size,
                     inflight: inf,
                     batch: a.batch,
-                    producers: a.producers,
                     rate: None,
                     max,
                 },
@@ -886,7 +889,6 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             size: a.size,
             inflight: top,
             batch: a.batch,
-            producers: a.producers,
             rate: Some(rate),
             max,
         };

@@ -195,6 +195,22 @@ impl Admin for AdminService {
         Ok(Response::new(pb::GroupProgressReply { queues }))
     }
 
+    async fn query_message(
+        &self,
+        req: Request<pb::QueryMessageRequest>,
+    ) -> Result<Response<pb::QueryMessageReply>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(node.query_messages(&req.into_inner())?))
+    }
+
+    async fn trace_message(
+        &self,
+        req: Request<pb::QueryMessageRequest>,
+    ) -> Result<Response<pb::TraceMessageReply>, Status> {
+        let node = self.node()?;
+        Ok(Response::new(node.trace_message(&req.into_inner())?))
+    }
+
     async fn run_retention(
         &self,
         _: Request<pb::RetentionRequest>,

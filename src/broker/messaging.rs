@@ -34,6 +34,7 @@ use super::node::Node;
 use super::ops::Route;
 use super::pending_ops::RENEW_SLICE;
 use super::sessions::{RenewKey, Renewal, Sessions};
+use crate::filter::Filter;
 use crate::proto::apache::rocketmq::v2;
 use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::{
@@ -44,7 +45,6 @@ use crate::protocol::route::{self, GroupRoute, status};
 use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, TopicConfig, TopicMessageType};
-use crate::storage::consumequeue::tag_hash;
 use crate::storage::message::{MessageType, MessageView};
 
 /// Largest message body accepted (advertised to clients in the Settings reply).
@@ -472,9 +472,9 @@ impl MessagingSvc {
                         if deliver.len() + out.len() >= batch {
                             break;
                         }
-                        if filter.matches_hash(u.tag_hash) {
+                        if filter.may_match_hash(u.tag_hash) {
                             let m = node.sm.message_at(u.pos, u.size)?;
-                            if filter.matches(m.tag()) {
+                            if filter.matches_message(&m) {
                                 deliver.push((off, 1));
                             }
                         }
@@ -515,57 +515,20 @@ impl MessagingSvc {
     }
 }
 
-/// A subscription filter. Tag expressions (`*`, `a || b`) are checked on the ConsumeQueue's
-/// tag hash first and then on the message's tag.
-#[derive(Debug, Clone)]
-enum Filter {
-    All,
-    Tags(Vec<String>),
-}
-
-impl Filter {
-    fn parse(f: Option<&v2::FilterExpression>) -> Result<Filter, v2::Status> {
-        let Some(f) = f else { return Ok(Filter::All) };
-        let ty = v2::FilterType::try_from(f.r#type).unwrap_or(v2::FilterType::Unspecified);
-        match ty {
-            v2::FilterType::Sql => Err(status(
-                v2::Code::IllegalFilterExpression,
-                "SQL92 filters are not supported yet",
-            )),
-            _ => {
-                let e = f.expression.trim();
-                if e.is_empty() || e == "*" {
-                    return Ok(Filter::All);
-                }
-                let tags: Vec<String> = e
-                    .split("||")
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect();
-                if tags.is_empty() {
-                    return Err(status(
-                        v2::Code::IllegalFilterExpression,
-                        format!("bad tag expression `{e}`"),
-                    ));
-                }
-                Ok(Filter::Tags(tags))
-            }
-        }
-    }
-
-    fn matches_hash(&self, h: u64) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Tags(t) => t.iter().any(|x| tag_hash(x) == h),
-        }
-    }
-
-    fn matches(&self, tag: Option<&str>) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Tags(t) => tag.is_some_and(|tag| t.iter().any(|x| x == tag)),
-        }
-    }
+/// The subscription filter of a receive: tag expressions (`*`, `a || b`) are checked on the
+/// ConsumeQueue's tag hash before the message is read, SQL92 on its properties after.
+fn parse_filter(f: Option<&v2::FilterExpression>) -> Result<Filter, v2::Status> {
+    let Some(f) = f else { return Ok(Filter::All) };
+    let parsed = match v2::FilterType::try_from(f.r#type).unwrap_or(v2::FilterType::Unspecified) {
+        v2::FilterType::Sql => Filter::parse_sql(&f.expression),
+        _ => Filter::parse_tag(&f.expression),
+    };
+    parsed.map_err(|e| {
+        status(
+            v2::Code::IllegalFilterExpression,
+            format!("bad filter expression `{}`: {e}", f.expression),
+        )
+    })
 }
 
 /// A stored message as the RocketMQ protocol carries it (no delivery fields): what a
@@ -861,7 +824,7 @@ impl MessagingService for MessagingSvc {
                 format!("topic `{}` is not readable", topic.name),
             )))));
         }
-        let filter = match Filter::parse(r.filter_expression.as_ref()) {
+        let filter = match parse_filter(r.filter_expression.as_ref()) {
             Ok(f) => f,
             Err(st) => return Ok(Response::new(one(receive_status(st)))),
         };

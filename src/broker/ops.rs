@@ -68,6 +68,40 @@ pub(crate) enum Route {
 
 type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
 
+/// Most log entries a message trace scans for deliveries and acks.
+const TRACE_SCAN_LIMIT: u64 = 1_000_000;
+
+fn stored_message(f: &state_machine::FoundMessage) -> pb::StoredMessage {
+    let v = &f.message;
+    pb::StoredMessage {
+        topic: v.topic.to_string(),
+        queue_id: v.queue_id,
+        queue_offset: f.queue_offset.map_or(-1, |o| o as i64),
+        message_id: v.message_id.to_string(),
+        tag: v.tag.to_string(),
+        keys: v.keys.iter().map(|k| k.to_string()).collect(),
+        properties: v
+            .properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: v.body.clone(),
+        born_timestamp_ms: v.born_timestamp_ms,
+        store_timestamp_ms: v.store_timestamp_ms,
+        delivery_timestamp_ms: v.delivery_timestamp_ms,
+        message_group: v.message_group.to_string(),
+        commitlog_position: f.pos,
+        message_type: match v.msg_type {
+            MessageType::Normal => "normal",
+            MessageType::Fifo => "fifo",
+            MessageType::Delay => "delay",
+            MessageType::TransactionHalf | MessageType::TransactionCommitted => "transaction",
+        }
+        .to_string(),
+        born_host: v.born_host.to_string(),
+    }
+}
+
 /// RocketMQ 4's delay-level property (`MessageConst.PROPERTY_DELAY_TIME_LEVEL`).
 pub const DELAY_LEVEL_PROPERTY: &str = "DELAY";
 
@@ -467,6 +501,112 @@ impl Node {
             now_ms(),
             seq & 0xffff_ffff
         )
+    }
+
+    /// Messages by id or key (`QueryMessage`), as applied on this node.
+    pub fn query_messages(
+        &self,
+        r: &pb::QueryMessageRequest,
+    ) -> Result<pb::QueryMessageReply, BrokerError> {
+        let key = match (r.message_id.is_empty(), r.key.is_empty()) {
+            (false, true) => &r.message_id,
+            (true, false) => &r.key,
+            _ => {
+                return Err(BrokerError::BadRequest(
+                    "give exactly one of message id and key".into(),
+                ));
+            }
+        };
+        if self.sm.topic(&r.topic).is_none() {
+            return Err(BrokerError::TopicNotFound(r.topic.clone()));
+        }
+        let max = if r.max == 0 { 32 } else { r.max.min(1000) } as usize;
+        let found = self.sm.find_messages(&r.topic, key, max)?;
+        Ok(pb::QueryMessageReply {
+            messages: found
+                .into_iter()
+                // By id: only the message itself, not others that carry it as a key.
+                .filter(|f| r.message_id.is_empty() || f.message.message_id.as_str() == key)
+                .map(|f| stored_message(&f))
+                .collect(),
+        })
+    }
+
+    /// One message's trace (`TraceMessage`): where it was stored, and every delivery and
+    /// ack per group from the log.
+    pub fn trace_message(
+        &self,
+        r: &pb::QueryMessageRequest,
+    ) -> Result<pb::TraceMessageReply, BrokerError> {
+        if r.message_id.is_empty() {
+            return Err(BrokerError::BadRequest("a message id is required".into()));
+        }
+        let found = self.sm.find_messages(&r.topic, &r.message_id, 8)?;
+        let Some(f) = found
+            .into_iter()
+            .find(|f| f.message.message_id.as_str() == r.message_id)
+        else {
+            return Err(BrokerError::BadRequest(format!(
+                "no message {} in topic `{}` on this node",
+                r.message_id, r.topic
+            )));
+        };
+        let (raft_index, term, leader_node) = self.sm.record_of(f.pos)?.unwrap_or((0, 0, 0));
+        let mut groups: BTreeMap<String, pb::GroupTrace> = BTreeMap::new();
+        let mut scanned = raft_index;
+        if let Some(offset) = f.queue_offset {
+            let (events, last) = self.sm.consume_history(
+                &r.topic,
+                f.message.queue_id,
+                offset,
+                raft_index + 1,
+                TRACE_SCAN_LIMIT,
+            )?;
+            scanned = last;
+            for e in events {
+                match e {
+                    state_machine::ConsumeEvent::Delivered {
+                        group,
+                        attempt,
+                        at_ms,
+                        invisible_until_ms,
+                        raft_index,
+                    } => {
+                        let g = groups
+                            .entry(group.clone())
+                            .or_insert_with(|| pb::GroupTrace {
+                                group,
+                                ..Default::default()
+                            });
+                        g.deliveries.push(pb::TraceDelivery {
+                            attempt,
+                            at_ms,
+                            invisible_until_ms,
+                            raft_index,
+                        });
+                    }
+                    state_machine::ConsumeEvent::Acked { group, raft_index } => {
+                        let g = groups
+                            .entry(group.clone())
+                            .or_insert_with(|| pb::GroupTrace {
+                                group,
+                                ..Default::default()
+                            });
+                        g.acked = true;
+                        g.acked_at_index = raft_index;
+                    }
+                }
+            }
+        }
+        Ok(pb::TraceMessageReply {
+            message: Some(stored_message(&f)),
+            raft_index,
+            term,
+            leader_node,
+            answered_by: self.config.node_id,
+            groups: groups.into_values().collect(),
+            scanned_to_index: scanned,
+        })
     }
 
     /// Read applied messages of one queue from this node.

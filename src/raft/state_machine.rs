@@ -493,6 +493,42 @@ pub struct ConsumerLag {
     pub lag: u64,
 }
 
+/// A message found by id or key.
+#[derive(Debug, Clone)]
+pub struct FoundMessage {
+    /// CommitLog position.
+    pub pos: u64,
+    /// Queue offset, if it is in a queue.
+    pub queue_offset: Option<u64>,
+    /// The message.
+    pub message: MessageView,
+}
+
+/// One event of a message's consume history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumeEvent {
+    /// Delivered to a group (a Pop).
+    Delivered {
+        /// Delivery-state key (group, or `group@client` for broadcasting).
+        group: String,
+        /// Delivery attempt.
+        attempt: u32,
+        /// When (leader clock, ms).
+        at_ms: i64,
+        /// Invisible until (ms).
+        invisible_until_ms: i64,
+        /// Raft index of the Pop.
+        raft_index: u64,
+    },
+    /// Acked by a group.
+    Acked {
+        /// Delivery-state key.
+        group: String,
+        /// Raft index of the Ack.
+        raft_index: u64,
+    },
+}
+
 /// openraft's side of the state machine.
 pub struct StateMachine {
     core: Arc<SmCore>,
@@ -1169,6 +1205,153 @@ impl SmHandle {
             out.push((from + k as u64, u.pos, v));
         }
         Ok((out, min, maxo))
+    }
+
+    /// Messages of `topic` whose id or one of whose keys is `key`, newest first (at most
+    /// `max`), through the key index; each with its queue offset when it is in a queue.
+    pub fn find_messages(
+        &self,
+        topic: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<Vec<FoundMessage>, StoreError> {
+        let candidates = {
+            let g = self
+                .read()
+                .ok_or_else(|| StoreError::Poisoned("state machine lock poisoned".into()))?;
+            g.dispatcher
+                .key_index()
+                .lookup(key, max.saturating_mul(4).max(16))?
+        };
+        let mut out = Vec::new();
+        for pos in candidates {
+            if out.len() >= max {
+                break;
+            }
+            // A message starts with its total length (see `storage::message`).
+            let head = self.core.log.read_bytes(pos, 4)?;
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let bytes = self.core.log.read_bytes(pos, len)?;
+            let v = message::decode_one(&bytes)
+                .map_err(|e| StoreError::corrupt("commitlog", pos, format!("message: {e}")))?;
+            // Hashes collide: keep only real matches.
+            let matches = v.message_id.as_str() == key || v.keys.iter().any(|k| k.as_str() == key);
+            if v.topic.as_str() != topic || !matches {
+                continue;
+            }
+            let queue_offset = self.offset_of(topic, v.queue_id, pos);
+            out.push(FoundMessage {
+                pos,
+                queue_offset,
+                message: v,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The queue offset of the message at CommitLog position `pos` (binary search: a
+    /// queue's positions increase with its offsets).
+    fn offset_of(&self, topic: &str, queue: u32, pos: u64) -> Option<u64> {
+        let g = self.read()?;
+        let cq = g.dispatcher.consume_queue();
+        let (mut lo, mut hi) = (
+            cq.min_offset(topic, queue).unwrap_or(0),
+            cq.max_offset(topic, queue).unwrap_or(0),
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let u = cq.range(topic, queue, mid, 1).into_iter().next()?;
+            match u.pos.cmp(&pos) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// Where the message at CommitLog position `pos` was stored: (Raft index, term, leader
+    /// node) of its record, found by binary search over the log's positions.
+    pub fn record_of(&self, pos: u64) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let log = &self.core.log;
+        let (mut lo, mut hi) = (log.first_index()?, log.next_index()?);
+        if lo >= hi {
+            return Ok(None);
+        }
+        // Last index whose record starts at or before `pos`.
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if log.position_of(mid)? <= pos {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if log.position_of(lo)? > pos {
+            return Ok(None);
+        }
+        let id = log.id_at(lo)?;
+        Ok(Some((lo, id.term, id.node)))
+    }
+
+    /// The consume history of one message (`topic`, `queue`, `offset`) from the log after
+    /// `from_index`: every delivery (Pop) and ack, per delivery-state key. Scans at most
+    /// `max_entries` entries; returns the last index scanned.
+    pub fn consume_history(
+        &self,
+        topic: &str,
+        queue: u32,
+        offset: u64,
+        from_index: u64,
+        max_entries: u64,
+    ) -> Result<(Vec<ConsumeEvent>, u64), StoreError> {
+        let log = &self.core.log;
+        let last = self.last_applied().map_or(0, |l| l.index);
+        let start = from_index.max(log.first_index()?);
+        let end = last.min(start.saturating_add(max_entries));
+        let mut out = Vec::new();
+        let mut scanned = start;
+        for i in start..=end {
+            if i >= log.next_index()? {
+                break;
+            }
+            scanned = i;
+            let rec = log.read(i)?;
+            if rec.kind.0 != INTERNAL_JSON_KIND {
+                continue;
+            }
+            let Ok(cmd) = serde_json::from_slice::<InternalCommand>(&rec.payload) else {
+                continue;
+            };
+            match cmd {
+                InternalCommand::Pop(p) if p.topic == topic && p.queue == queue => {
+                    if let Some((_, attempt)) = p.deliver.iter().find(|(o, _)| *o == offset) {
+                        out.push(ConsumeEvent::Delivered {
+                            group: p.group,
+                            attempt: *attempt,
+                            // The high bits of a delivery sequence are the leader's clock.
+                            at_ms: (p.seq >> 20) as i64,
+                            invisible_until_ms: p.invisible_until_ms,
+                            raft_index: i,
+                        });
+                    }
+                }
+                InternalCommand::Ack {
+                    group,
+                    topic: t,
+                    queue: q,
+                    offset: o,
+                    ..
+                } if t == topic && q == queue && o == offset => {
+                    out.push(ConsumeEvent::Acked {
+                        group,
+                        raft_index: i,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok((out, scanned))
     }
 
     /// Write the checkpoint now (clean shutdown).

@@ -64,7 +64,8 @@ const logger = {
   info: (...a) => log('INFO', a),
   warn: (...a) => log('WARN', a),
   error: (...a) => log('ERROR', a),
-  debug: process.env.SMOKE_DEBUG ? (...a) => log('DEBUG', a) : undefined,
+  // The transaction code calls logger.debug unconditionally: a no-op unless SMOKE_DEBUG is set.
+  debug: process.env.SMOKE_DEBUG ? (...a) => log('DEBUG', a) : () => {},
 };
 
 function finish(code) {
