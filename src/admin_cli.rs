@@ -387,8 +387,8 @@ pub struct GroupSpec {
     pub broadcast: bool,
     /// Redelivery delays after failed consumptions, e.g. `1s,5s,10s` (attempt n waits the
     /// n-th; the last repeats). Default: 1s,5s,10s,30s,1m,2m,...,2h.
-    #[arg(long, value_parser = crate::duration::parse_list)]
-    pub retry_backoff: Option<Vec<std::time::Duration>>,
+    #[arg(long)]
+    pub retry_backoff: Option<String>,
 }
 
 /// Output of `group create|update|delete`.
@@ -1134,7 +1134,8 @@ async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, A
                 return Err(AdminError::TopicNotFound(topic));
             }
             let out = MessagesOut { messages };
-            let ok = !out.messages.is_empty();
+            // Finding nothing is an answer, not a failure (the JSON says `[]`).
+            let ok = true;
             let text = render(json, &out, |o: &MessagesOut| {
                 if o.messages.is_empty() {
                     return "no message found\n".to_string();
@@ -1485,12 +1486,14 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
                 max_delivery_attempts: spec.max_attempts,
                 fifo: spec.fifo,
                 broadcast: spec.broadcast,
-                retry_backoff_ms: spec
-                    .retry_backoff
-                    .iter()
-                    .flatten()
-                    .map(|d| d.as_millis() as u64)
-                    .collect(),
+                retry_backoff_ms: match &spec.retry_backoff {
+                    Some(s) => crate::duration::parse_list(s)
+                        .map_err(|e| AdminError::Usage(format!("--retry-backoff: {e}")))?
+                        .iter()
+                        .map(|d| d.as_millis() as u64)
+                        .collect(),
+                    None => Vec::new(),
+                },
             };
             let mut out = Vec::new();
             for g in &groups {

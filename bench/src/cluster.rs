@@ -87,6 +87,19 @@ fn spawn(exe: &Path, log: &Path, args: &[String], env: &[(&str, &str)]) -> Resul
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // Servers die with the benchmark even when it is killed (Drop does not run then). The
+    // death signal follows the spawning *thread*: spawn only from a thread that lives as long
+    // as the run (the main thread; `block_on` runs its future there).
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn()
         .with_context(|| format!("starting {}", exe.display()))
 }

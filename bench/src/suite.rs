@@ -762,12 +762,8 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             Vec::new(),
         )
     } else if let Some(flush) = sys.strip_prefix("raftmq ") {
-        let (bin, d, f) = (
-            c.raftmq_bin.to_path_buf(),
-            dir.path().to_path_buf(),
-            flush.to_string(),
-        );
-        let r = tokio::task::spawn_blocking(move || Raftmq::start(&bin, &d, &f)).await??;
+        // Not in spawn_blocking: the children's death signal follows the spawning thread.
+        let r = Raftmq::start(c.raftmq_bin, dir.path(), flush)?;
         let t = Target::Raftmq {
             ns: r.nameserver.clone(),
             exe: c.raftmq_bin.to_path_buf(),
@@ -817,6 +813,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
     inflights.sort_unstable();
     let top = *inflights.last().unwrap_or(&1);
     let mut top_rate: Option<f64> = None;
+    let mut consume_rate: Option<f64> = None;
     let mut top_topic: Option<(String, u64)> = None;
     let tag = |s: &str| format!("{sys} r{round} {s}");
     if want("produce") || want("consume") {
@@ -870,12 +867,15 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         fill(&mut m, r.received, r.secs, a.size, &r.lat);
         m.leader = leader.clone();
         meter.finish(&mut m);
+        consume_rate = Some(m.msgs_s);
         out.push(m);
     }
     if want("e2e") {
-        let rate = match top_rate {
-            Some(r) => r * a.e2e_load,
-            None => bail!("e2e needs the produce workload (its rate sets the e2e load)"),
+        // The pipeline's max load is the slower of its two ends.
+        let rate = match (top_rate, consume_rate) {
+            (Some(p), Some(c)) => p.min(c) * a.e2e_load,
+            (Some(p), None) => p * a.e2e_load,
+            _ => bail!("e2e needs the produce workload (its rate sets the e2e load)"),
         };
         let n = ((rate * c.e2e_secs) as u64).max(1);
         let name = format!("benche{round}");
@@ -1137,12 +1137,12 @@ fn meta_markdown(m: &Meta) -> String {
     );
     let _ = writeln!(
         s,
-        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message (raftmq: {} receive loops, AckMessage RPC per message, acks of a batch concurrently; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
+        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, AckMessage RPC per message, acks of a batch concurrently; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
         m.consume_batch, m.consume_concurrency
     );
     let _ = writeln!(
         s,
-        "- e2e: producer at {:.0} % of the same round's largest-in-flight produce rate for {} s with a consumer running; latency = send → receive",
+        "- e2e: producer at {:.0} % of the same round's max load = min(largest-in-flight produce rate, consume rate), for {} s with a consumer running; latency = send → receive",
         m.e2e_load * 100.0,
         m.e2e_secs
     );

@@ -521,7 +521,19 @@ impl Node {
             return Err(BrokerError::TopicNotFound(r.topic.clone()));
         }
         let max = if r.max == 0 { 32 } else { r.max.min(1000) } as usize;
-        let found = self.sm.find_messages(&r.topic, key, max)?;
+        let mut found = self.sm.find_messages(&r.topic, key, max)?;
+        // A delay or transactional message is stored twice: the waiting original and the
+        // copy that entered its queue. Show one per id: the queued copy once it exists.
+        let queued: BTreeSet<String> = found
+            .iter()
+            .filter(|f| f.queue_offset.is_some())
+            .map(|f| f.message.message_id.to_string())
+            .collect();
+        let mut seen = BTreeSet::new();
+        found.retain(|f| {
+            let id = f.message.message_id.to_string();
+            (f.queue_offset.is_some() || !queued.contains(&id)) && seen.insert(id)
+        });
         Ok(pb::QueryMessageReply {
             messages: found
                 .into_iter()

@@ -753,6 +753,13 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
             }
             _ => {
                 let two = text.get(i..i + 2);
+                if let Some(t @ ("==" | "!=")) = two {
+                    return Err(lex_err(
+                        text,
+                        start,
+                        format!("unknown operator `{t}` (use `=` or `<>`)"),
+                    ));
+                }
                 let op: &'static str = match (two, c) {
                     (Some("<>"), _) => "<>",
                     (Some(">="), _) => ">=",
@@ -767,11 +774,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
                     (_, b'-') => "-",
                     _ => {
                         let ch = text[i..].chars().next().unwrap_or('?');
-                        let msg = if matches!(two, Some("!=" | "==")) {
-                            format!("unknown operator `{}` (use `<>` or `=`)", two.unwrap_or(""))
-                        } else {
-                            format!("unexpected character `{ch}`")
-                        };
+                        let msg = format!("unexpected character `{ch}`");
                         return Err(lex_err(text, start, msg));
                     }
                 };

@@ -64,7 +64,7 @@ use super::types::{
     TypeConfig,
 };
 use crate::storage::commitlog::CommitLog;
-use crate::storage::dispatch::{DispatchConfig, Dispatcher};
+use crate::storage::dispatch::{DispatchConfig, Dispatcher, Disposition};
 use crate::storage::error::StoreError;
 use crate::storage::fsutil;
 use crate::storage::message::{self, MessageType, MessageView};
@@ -761,12 +761,15 @@ impl SmCore {
             keep.push(kept);
             fresh.push(is_fresh);
         }
-        let mut k = keep.iter();
-        let dispatched = inner
-            .dispatcher
-            .dispatch_filtered(&record, |_v: &MessageView| {
-                k.next().copied().unwrap_or(true)
-            })?;
+        let mut k = keep.iter().zip(&fresh);
+        let dispatched = inner.dispatcher.dispatch_with(&record, |_v: &MessageView| {
+            match k.next() {
+                Some((true, _)) | None => Disposition::Queue,
+                // A newly stored waiting message (delay, half): findable by id and key now.
+                Some((false, true)) => Disposition::IndexOnly,
+                Some((false, false)) => Disposition::Skip,
+            }
+        })?;
         if dispatched.len() != views.len() {
             return Err(io::Error::other(
                 "dispatch returned a result count unlike the batch",

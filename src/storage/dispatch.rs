@@ -101,6 +101,17 @@ impl Default for DispatchConfig {
     }
 }
 
+/// What dispatch does with one message (see [`Dispatcher::dispatch_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Next offset of its queue, a unit, and key-index entries.
+    Queue,
+    /// Key-index entries only.
+    IndexOnly,
+    /// Nothing (a producer retry, a broker copy already applied).
+    Skip,
+}
+
 /// Where one message went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatched {
@@ -287,6 +298,27 @@ impl Dispatcher {
     where
         F: FnMut(&MessageView) -> bool,
     {
+        self.dispatch_with(rec, |m| {
+            if keep(m) {
+                Disposition::Queue
+            } else {
+                Disposition::Skip
+            }
+        })
+    }
+
+    /// Like [`dispatch_filtered`](Self::dispatch_filtered) with a third choice per message:
+    /// [`Disposition::IndexOnly`] gives it key-index entries but no offset or unit (a
+    /// message stored now and queued later, such as a delay message before its time, can be
+    /// found by id and key meanwhile). Its result is `None`, like a skipped message's.
+    pub fn dispatch_with<F>(
+        &mut self,
+        rec: &Record,
+        mut decide: F,
+    ) -> Result<Vec<Option<Dispatched>>>
+    where
+        F: FnMut(&MessageView) -> Disposition,
+    {
         if let Some(why) = &self.failed {
             return Err(StoreError::Poisoned(why.clone()));
         }
@@ -314,7 +346,7 @@ impl Dispatcher {
                 format!("undecodable message batch: {e}"),
             )
         })?;
-        let kept: Vec<bool> = views.iter().map(&mut keep).collect();
+        let kept: Vec<Disposition> = views.iter().map(&mut decide).collect();
         match self.apply(rec, &views, &kept) {
             Ok(out) => {
                 self.last = Some((rec.id.index, end));
@@ -334,16 +366,24 @@ impl Dispatcher {
         &mut self,
         rec: &Record,
         views: &[MessageView],
-        kept: &[bool],
+        kept: &[Disposition],
     ) -> Result<Vec<Option<Dispatched>>> {
         let mut out = Vec::with_capacity(views.len());
-        for (m, keep) in views.iter().zip(kept) {
-            if !keep {
-                out.push(None);
-                continue;
+        for (m, d) in views.iter().zip(kept) {
+            let pos = rec.payload_pos() + u64::from(m.offset_in_batch);
+            match d {
+                Disposition::Skip => {
+                    out.push(None);
+                    continue;
+                }
+                Disposition::IndexOnly => {
+                    self.index_keys(m, pos)?;
+                    out.push(None);
+                    continue;
+                }
+                Disposition::Queue => {}
             }
             let topic = m.topic.as_str();
-            let pos = rec.payload_pos() + u64::from(m.offset_in_batch);
             let offset = self.cq.max_offset(topic, m.queue_id).unwrap_or(0);
             let unit = CqUnit {
                 pos,
@@ -351,12 +391,7 @@ impl Dispatcher {
                 tag_hash: tag_hash(&m.tag),
             };
             self.cq.put(topic, m.queue_id, offset, unit)?;
-            self.keys.put(&m.message_id, pos)?;
-            for (i, k) in m.keys.iter().enumerate() {
-                if k.as_str() != m.message_id.as_str() && !m.keys[..i].contains(k) {
-                    self.keys.put(k, pos)?;
-                }
-            }
+            self.index_keys(m, pos)?;
             out.push(Some(Dispatched {
                 topic: topic.to_string(),
                 queue_id: m.queue_id,
@@ -367,6 +402,16 @@ impl Dispatcher {
             }));
         }
         Ok(out)
+    }
+
+    fn index_keys(&mut self, m: &MessageView, pos: u64) -> Result<()> {
+        self.keys.put(&m.message_id, pos)?;
+        for (i, k) in m.keys.iter().enumerate() {
+            if k.as_str() != m.message_id.as_str() && !m.keys[..i].contains(k) {
+                self.keys.put(k, pos)?;
+            }
+        }
+        Ok(())
     }
 
     /// Flush the ConsumeQueues and the key index, then durably record the last dispatched

@@ -88,11 +88,44 @@ pub fn admin(
         .max_encoding_message_size(64 << 20))
 }
 
+/// Children get SIGKILL when the harness dies, however it dies.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(2) is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Unmount tmpfs mounts of earlier runs whose process is gone.
+fn sweep_stale_mounts() {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_), Some(path)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some(rest) = path.split("/raftmq-chaos-").nth(1) else {
+            continue;
+        };
+        if let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok())
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("umount").arg("-l").arg(path).status();
+        }
+    }
+}
+
 impl Cluster {
     /// Start the nameserver and every group; `use_netns` asks for namespaces (falls back to
     /// loopback with a warning if they cannot be made).
     pub fn start(cfg: ClusterConfig, use_netns: bool) -> anyhow::Result<Cluster> {
-        let tmp = tempfile::Builder::new().prefix("raftmq-chaos-").tempdir()?;
+        sweep_stale_mounts();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("raftmq-chaos-{}-", std::process::id()))
+            .tempdir()?;
         let root = tmp.path().to_path_buf();
         let net = if use_netns {
             match Netns::new() {
@@ -121,8 +154,10 @@ impl Cluster {
             mounts: Vec::new(),
         };
         let log = c.log_file("nameserver")?;
+        let mut ns_cmd = Command::new(&cfg.bin);
+        die_with_parent(&mut ns_cmd);
         c.nameserver = Some(
-            Command::new(&cfg.bin)
+            ns_cmd
                 .args([
                     "nameserver",
                     "--listen",
@@ -251,6 +286,7 @@ impl Cluster {
             return Ok(());
         }
         let mut cmd = Command::new(&cfg.bin);
+        die_with_parent(&mut cmd);
         cmd.args([
             "broker",
             "--group",
@@ -270,7 +306,7 @@ impl Cluster {
             "--retention-bytes",
             &cfg.retention_bytes,
             "--retention-interval-secs",
-            "3600",
+            "5",
             "--nameservers",
             &ns_addr,
         ])

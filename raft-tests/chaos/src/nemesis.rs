@@ -104,6 +104,8 @@ pub struct NemesisStats {
     pub unexpected_exits: Vec<String>,
     /// Convergence time after healing, ms (max).
     pub converge_max_ms: u64,
+    /// Nodes found stuck (Raft stopped or store poisoned) and restarted.
+    pub stuck_restarts: Vec<String>,
     /// Faults skipped (no leader found, ...).
     pub skipped: Vec<String>,
 }
@@ -251,17 +253,27 @@ impl Nemesis {
         for g in c.groups() {
             if let Err(e) = c.converge(&g, within).await {
                 self.stats.recovery_failures.push(format!("{what}: {e:#}"));
-                // A poisoned node (e.g. after disk full) needs a restart.
+                // A node whose Raft stopped (a fatal storage error, e.g. after disk full) or
+                // whose store is poisoned stays useless until restarted.
                 for i in c.ids(&g) {
-                    if c.status(&g, i)
-                        .await
-                        .is_some_and(|s| !s.poisoned.is_empty())
+                    let st = c.status(&g, i).await;
+                    if st
+                        .as_ref()
+                        .is_none_or(|s| s.role == "shutdown" || !s.poisoned.is_empty())
                     {
+                        self.stats.stuck_restarts.push(format!(
+                            "{what}: {g}-{i} restarted ({:?})",
+                            st.map(|s| (s.role, s.poisoned))
+                        ));
                         c.kill(&g, i);
                         let _ = c.spawn(&g, i);
                     }
                 }
-                let _ = c.converge(&g, within).await;
+                if let Err(e) = c.converge(&g, within).await {
+                    self.stats
+                        .recovery_failures
+                        .push(format!("{what}: after restarts: {e:#}"));
+                }
             }
         }
         self.stats.converge_max_ms = self
@@ -300,7 +312,7 @@ impl Nemesis {
                 let d = format!("{g}-{v}");
                 self.start(h, kind, &d);
                 c.kill(&g, v);
-                tokio::time::sleep(hold(&mut self.rng, 500, 2500)).await;
+                tokio::time::sleep(hold(&mut self.rng, 500, 2000)).await;
                 c.spawn(&g, v)?;
                 self.end(h, kind, &d);
             }
@@ -309,7 +321,7 @@ impl Nemesis {
                 let d = format!("{g}-{v}");
                 self.start(h, kind, &d);
                 c.pause(&g, v);
-                tokio::time::sleep(hold(&mut self.rng, 1000, 3500)).await;
+                tokio::time::sleep(hold(&mut self.rng, 1000, 3000)).await;
                 c.resume(&g, v);
                 self.end(h, kind, &d);
             }
@@ -325,7 +337,7 @@ impl Nemesis {
                         net.block(*s, slots[&l])?;
                     }
                 }
-                tokio::time::sleep(hold(&mut self.rng, 1500, 4000)).await;
+                tokio::time::sleep(hold(&mut self.rng, 1500, 3000)).await;
                 net.heal()?;
                 self.end(h, kind, &d);
             }
@@ -355,7 +367,7 @@ impl Nemesis {
                         net.block(y.2, x.2)?;
                     }
                 }
-                tokio::time::sleep(hold(&mut self.rng, 1500, 4000)).await;
+                tokio::time::sleep(hold(&mut self.rng, 1500, 3000)).await;
                 net.heal()?;
                 self.end(h, kind, &d);
             }
@@ -373,7 +385,7 @@ impl Nemesis {
                 let net = c.net.as_mut().context("partitions need netns")?;
                 self.start(h, kind, &d);
                 net.block(fs, ts)?;
-                tokio::time::sleep(hold(&mut self.rng, 1500, 4000)).await;
+                tokio::time::sleep(hold(&mut self.rng, 1500, 3000)).await;
                 net.heal()?;
                 self.end(h, kind, &d);
             }
@@ -401,13 +413,14 @@ impl Nemesis {
                 let d0 = format!("{}-{}", victim.0, victim.1);
                 self.start(h, kind, &d0);
                 let written = fill_disk(&victim.2)?;
-                tokio::time::sleep(hold(&mut self.rng, 2000, 4000)).await;
+                tokio::time::sleep(hold(&mut self.rng, 2000, 3000)).await;
                 let st = c.status(&victim.0, victim.1).await;
                 let alive = c.alive(&victim.0, victim.1);
                 let _ = std::fs::remove_file(victim.2.join("ballast"));
                 let poisoned = st.as_ref().map(|s| s.poisoned.clone()).unwrap_or_default();
+                let role = st.as_ref().map(|s| s.role.clone()).unwrap_or_default();
                 // A node that stopped accepting writes comes back by a restart.
-                if !alive || !poisoned.is_empty() {
+                if !alive || !poisoned.is_empty() || role == "shutdown" || st.is_none() {
                     c.kill(&victim.0, victim.1);
                     c.spawn(&victim.0, victim.1)?;
                 }
@@ -415,7 +428,7 @@ impl Nemesis {
                     h,
                     kind,
                     &format!(
-                        "{d0}: ballast {written} B; afterwards alive={alive} poisoned={poisoned:?}"
+                        "{d0}: ballast {written} B; afterwards alive={alive} role={role:?} poisoned={poisoned:?}"
                     ),
                 );
             }
