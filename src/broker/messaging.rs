@@ -663,6 +663,7 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
+        tracing::info!("client terminated");
         self.sessions.remove(&Self::client_id(&req));
         Ok(Response::new(v2::NotifyClientTerminationResponse {
             status: Some(ok()),
@@ -681,25 +682,35 @@ impl MessagingService for MessagingSvc {
         // Settings are recorded per client id with the stream (check-backs of transactions
         // go out on it) and each Settings command is answered at once; the stream stays open
         // until the client closes it.
-        tokio::spawn(async move {
-            loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => break,
-                };
-                let Some(n) = node.upgrade() else { break };
-                if let Some(v2::telemetry_command::Command::Settings(s)) = msg.command {
-                    sessions.set_settings(&client_id, &s, &tx);
-                    let mut reply = settings_reply(s);
-                    group_settings(&n, &mut reply);
-                    if tx.send(Ok(reply)).await.is_err() {
-                        break;
+        // The task keeps the request's span, so its log lines name the client.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    let msg = match inbound.message().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) | Err(_) => break,
+                    };
+                    let Some(n) = node.upgrade() else { break };
+                    if let Some(v2::telemetry_command::Command::Settings(s)) = msg.command {
+                        tracing::info!(
+                            client_type = ?s.client_type.and_then(|t| v2::ClientType::try_from(t).ok()),
+                            "client settings"
+                        );
+                        sessions.set_settings(&client_id, &s, &tx);
+                        let mut reply = settings_reply(s);
+                        group_settings(&n, &mut reply);
+                        if tx.send(Ok(reply)).await.is_err() {
+                            break;
+                        }
+                    } else {
+                        sessions.touch(&client_id);
                     }
-                } else {
-                    sessions.touch(&client_id);
                 }
-            }
-        });
+                tracing::info!("telemetry stream closed");
+            },
+            span,
+        ));
         let out = tokio_stream_from(rx);
         Ok(Response::new(out))
     }

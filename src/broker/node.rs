@@ -188,6 +188,29 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, BrokerError> {
     Ok(out)
 }
 
+/// The tracing span of one gRPC request: the RPC, and for RocketMQ clients their
+/// `x-mq-client-id` and `x-mq-request-id`, so every log line a request causes names the client.
+/// Raft traffic gets no span (it is constant and carries no client).
+pub fn request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = req.uri().path();
+    if path.starts_with("/raftmq.raft.") {
+        return tracing::Span::none();
+    }
+    let header = |k: &str| {
+        req.headers()
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    tracing::info_span!(
+        "request",
+        rpc = %path.rsplit('/').next().unwrap_or(path),
+        client_id = %header("x-mq-client-id"),
+        request_id = %header("x-mq-request-id"),
+    )
+}
+
 /// A running node.
 pub struct Node {
     /// The configuration it runs with.
@@ -270,6 +293,7 @@ impl Node {
             let incoming = tokio_stream_listener(listener);
             let server = tokio::spawn(async move {
                 let res = configure_server(tonic::transport::Server::builder())
+                    .trace_fn(request_span)
                     .add_service(raft_svc)
                     .add_service(admin)
                     .add_service(messaging)

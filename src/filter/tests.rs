@@ -70,7 +70,9 @@ fn bad_at(e: &str, column: usize) -> String {
         FilterError::Sql {
             column: c, message, ..
         } => {
-            if c != column { eprintln!("MISMATCH {e:?}: got {c} want {column}: {message}"); }
+            if c != column {
+                eprintln!("MISMATCH {e:?}: got {c} want {column}: {message}");
+            }
             message
         }
         other => panic!("{e:?}: unexpected error {other:?}"),
