@@ -439,6 +439,9 @@ fn the_deploy_examples_are_valid() {
         assert_eq!(cfg.advertise, cfg.peers[&i]);
         assert_eq!(cfg.nameservers, vec!["127.0.0.1:9876".to_string()]);
         assert!(cfg.http_listen.is_some());
+        assert_eq!(cfg.max_delay, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.transaction_check_interval, Duration::from_secs(30));
+        assert_eq!(cfg.transaction_max_checks, 15);
         peers.push(cfg.peers);
     }
     assert!(peers.windows(2).all(|w| w[0] == w[1]), "{peers:?}");

@@ -303,6 +303,8 @@ async fn one_producer(sender: &Sender, sh: &Shared<'_>) -> Result<()> {
 }
 
 /// Receives and acknowledges messages.
+// One per workload run: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Receiver {
     /// raftmq SimpleConsumer: `receive(batch)` with long polling, then one AckMessage RPC per
     /// message (the acks of one batch concurrently); `concurrency` receive loops.

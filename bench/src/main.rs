@@ -33,6 +33,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// CommitLog append throughput vs. the machine's fsync'd sequential-write ceilings.
     Commitlog(CommitlogArgs),

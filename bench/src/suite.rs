@@ -65,7 +65,8 @@ pub struct ClusterArgs {
     /// Queues of the raftmq topic.
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
-    /// The raftmq binary [default: target/release/raftmq of this workspace].
+    /// The raftmq binary [default: `raftmq` next to this executable, i.e. the same cargo
+    /// profile's build; else target/release/raftmq of this workspace].
     #[arg(long)]
     pub raftmq_bin: Option<PathBuf>,
     /// The nats-server binary [default: target/nats/nats-server; install with
@@ -306,10 +307,15 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         Some(o) => bail!("--compare: only `nats` is supported, not {o}"),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let raftmq_bin = a
-        .raftmq_bin
-        .clone()
-        .unwrap_or_else(|| root.join("target/release/raftmq"));
+    let raftmq_bin = a.raftmq_bin.clone().unwrap_or_else(|| {
+        // The raftmq binary of the same build profile as this benchmark (cargo puts both
+        // in target/<profile>/), else the release build.
+        std::env::current_exe()
+            .ok()
+            .map(|e| e.with_file_name("raftmq"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| root.join("target/release/raftmq"))
+    });
     if !raftmq_bin.exists() {
         bail!(
             "{} not found: build it with `cargo build --release` or pass --raftmq-bin",
@@ -439,9 +445,6 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             let ms = rt
                 .block_on(run_system(&ctx, sys, round))
                 .with_context(|| format!("{sys}, round {round}"))?;
-            for m in &ms {
-                eprintln!("   {}", one_line(m));
-            }
             runs.extend(ms);
             // Let the deletion of the data directories reach the disk.
             // SAFETY: sync(2) has no preconditions.
@@ -851,6 +854,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
                 top_topic = Some((name.clone(), r.sent));
             }
             if want("produce") {
+                eprintln!("   {}", one_line(&m));
                 out.push(m);
             }
         }
@@ -868,6 +872,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         m.leader = leader.clone();
         meter.finish(&mut m);
         consume_rate = Some(m.msgs_s);
+        eprintln!("   {}", one_line(&m));
         out.push(m);
     }
     if want("e2e") {
@@ -905,6 +910,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         m.stopped_by_time_limit = p.stopped_by_time_limit;
         m.leader = leader.clone();
         meter.finish(&mut m);
+        eprintln!("   {}", one_line(&m));
         out.push(m);
     }
     drop(target);

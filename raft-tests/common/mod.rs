@@ -331,6 +331,7 @@ pub fn message(topic: &str, id: &str, body: Vec<u8>) -> pb::ProduceMessage {
         body: body.into(),
         message_group: String::new(),
         born_timestamp_ms: 0,
+        ..Default::default()
     }
 }
 

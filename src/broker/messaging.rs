@@ -1162,28 +1162,39 @@ impl MessagingService for MessagingSvc {
         let group = r.group.map(|g| g.name).unwrap_or_default();
         let group = consume::state_key(&node.sm.group_config(&group), &client_id);
         let topic = r.topic.map(|t| t.name).unwrap_or_default();
+        // Every entry of one request is acked by one Raft command.
+        let decoded: Vec<Option<(u32, u64, u64)>> = r
+            .entries
+            .iter()
+            .map(|e| consume::decode_handle(&e.receipt_handle))
+            .collect();
+        let items: Vec<(u32, u64, u64)> = decoded.iter().flatten().copied().collect();
+        let applied: Result<Vec<u8>, BrokerError> = if items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            node.propose(InternalCommand::AckMany {
+                group: group.clone(),
+                topic: topic.clone(),
+                items,
+            })
+            .await
+            .map(|resp| resp.data.to_vec())
+        };
+        let mut results = applied.as_ref().map(|v| v.iter());
         let mut entries = Vec::with_capacity(r.entries.len());
         let mut all_ok = true;
-        for e in r.entries {
-            let st = match consume::decode_handle(&e.receipt_handle) {
-                None => status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"),
-                Some((queue, offset, seq)) => {
-                    let cmd = InternalCommand::Ack {
-                        group: group.clone(),
-                        topic: topic.clone(),
-                        queue,
-                        offset,
-                        seq,
-                    };
-                    match node.propose(cmd).await {
-                        Ok(resp) if &resp.data[..] == b"ok" => ok(),
-                        Ok(_) => status(
-                            v2::Code::InvalidReceiptHandle,
-                            "receipt handle is stale (redelivered or acked)",
-                        ),
-                        Err(e) => error_status(&e),
-                    }
-                }
+        for (e, d) in r.entries.into_iter().zip(decoded) {
+            let st = match (d, &mut results) {
+                (None, _) => status(v2::Code::InvalidReceiptHandle, "malformed receipt handle"),
+                (Some(_), Ok(it)) => match it.next() {
+                    Some(1) => ok(),
+                    Some(_) => status(
+                        v2::Code::InvalidReceiptHandle,
+                        "receipt handle is stale (redelivered or acked)",
+                    ),
+                    None => status(v2::Code::InternalServerError, "ack result missing"),
+                },
+                (Some(_), Err(err)) => error_status(err),
             };
             all_ok &= st.code == v2::Code::Ok as i32;
             entries.push(v2::AckMessageResultEntry {

@@ -341,10 +341,7 @@ impl Node {
                 (self.forwarder.round_robin.fetch_add(1, Ordering::Relaxed)
                     % topic.queues.max(1) as u64) as u32
             };
-            let delivery = match self.delivery_time(m, now)? {
-                Some(d) => d,
-                None => 0,
-            };
+            let delivery = self.delivery_time(m, now)?.unwrap_or_default();
             let msg_type = if m.transaction {
                 MessageType::TransactionHalf
             } else if delivery > 0 {

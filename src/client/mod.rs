@@ -549,30 +549,50 @@ impl SimpleConsumer {
 
     /// Ack one received message.
     pub async fn ack(&self, m: &Received) -> Result<(), ClientError> {
-        let mut c = self.ch.client(&m.endpoint)?;
-        let r = c
-            .ack_message(v2::AckMessageRequest {
-                group: Some(v2::Resource {
-                    resource_namespace: String::new(),
-                    name: self.group.clone(),
-                }),
-                topic: Some(v2::Resource {
-                    resource_namespace: String::new(),
-                    name: self.topic.clone(),
-                }),
-                entries: vec![v2::AckMessageEntry {
-                    message_id: m.message_id.clone(),
-                    receipt_handle: m.receipt_handle.clone(),
-                    lite_topic: None,
-                }],
-            })
-            .await
-            .map_err(|e| ClientError::Rpc {
-                addr: m.endpoint.clone(),
-                message: e.message().to_string(),
-            })?
-            .into_inner();
-        check(r.status.as_ref())
+        self.ack_all(std::slice::from_ref(m)).await
+    }
+
+    /// Ack several received messages; those received from one endpoint go in one
+    /// AckMessage request (which the broker applies as one Raft command). Fails on the first
+    /// request that fails; the status of each entry is checked.
+    pub async fn ack_all(&self, msgs: &[Received]) -> Result<(), ClientError> {
+        let mut by_endpoint: HashMap<&str, Vec<&Received>> = HashMap::new();
+        for m in msgs {
+            by_endpoint.entry(m.endpoint.as_str()).or_default().push(m);
+        }
+        for (endpoint, ms) in by_endpoint {
+            let mut c = self.ch.client(endpoint)?;
+            let r = c
+                .ack_message(v2::AckMessageRequest {
+                    group: Some(v2::Resource {
+                        resource_namespace: String::new(),
+                        name: self.group.clone(),
+                    }),
+                    topic: Some(v2::Resource {
+                        resource_namespace: String::new(),
+                        name: self.topic.clone(),
+                    }),
+                    entries: ms
+                        .iter()
+                        .map(|m| v2::AckMessageEntry {
+                            message_id: m.message_id.clone(),
+                            receipt_handle: m.receipt_handle.clone(),
+                            lite_topic: None,
+                        })
+                        .collect(),
+                })
+                .await
+                .map_err(|e| ClientError::Rpc {
+                    addr: endpoint.to_string(),
+                    message: e.message().to_string(),
+                })?
+                .into_inner();
+            check(r.status.as_ref())?;
+            for e in &r.entries {
+                check(e.status.as_ref())?;
+            }
+        }
+        Ok(())
     }
 }
 

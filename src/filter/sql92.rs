@@ -70,8 +70,10 @@ use std::fmt;
 use super::FilterError;
 
 /// Deepest nesting accepted (parentheses, unary operators, chained comparisons), to keep
-/// parsing and evaluation recursion bounded. AND/OR chains do not nest.
-pub const MAX_DEPTH: usize = 100;
+/// parsing and evaluation recursion bounded: the parser recurses once per level, and an
+/// unoptimised build uses about 20 KiB of stack per parenthesis level, so 32 levels stay well
+/// inside a 2 MiB tokio worker stack. AND/OR chains of any length do not nest.
+pub const MAX_DEPTH: usize = 32;
 
 /// A parsed SQL92 filter expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,7 +131,7 @@ impl SqlExpr {
     }
 }
 
-/// Prints a canonical, fully parenthesised form that parses back to the same expression.
+/// Prints a canonical form (fewest parentheses) that parses back to the same expression.
 impl fmt::Display for SqlExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.root.fmt(f)
@@ -947,6 +949,7 @@ impl Parser<'_> {
     }
 
     fn eq_expr(&mut self) -> Result<Parsed, FilterError> {
+        let start = self.pos();
         let (mut left, mut depth) = self.cmp_expr()?;
         loop {
             let p = self.pos();
@@ -956,7 +959,7 @@ impl Parser<'_> {
                     self.bump();
                     let rp = self.pos();
                     let (right, d) = self.cmp_expr()?;
-                    check_equal_operand(&left).map_err(|m| self.err_at(p, m))?;
+                    check_equal_operand(&left).map_err(|m| self.err_at(start, m))?;
                     check_equal_operand(&right).map_err(|m| self.err_at(rp, m))?;
                     if left.is_constant()
                         && right.is_constant()
@@ -964,7 +967,7 @@ impl Parser<'_> {
                         && !right.is_boolean()
                     {
                         return Err(self.err_at(
-                            p,
+                            start,
                             "a boolean literal cannot be compared with a non-boolean literal",
                         ));
                     }
@@ -1231,17 +1234,42 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+impl Expr {
+    /// Binding level for printing: OR 1, AND 2, `=`/`<>`/IS 3, other comparisons 4,
+    /// unary 5, operands 6 (the grammar's precedence).
+    fn level(&self) -> u8 {
+        match self {
+            Expr::Or(_) => 1,
+            Expr::And(_) => 2,
+            Expr::Eq(..) | Expr::Ne(..) | Expr::IsNull { .. } => 3,
+            Expr::Rel(..) | Expr::Between { .. } | Expr::In { .. } | Expr::StrTest { .. } => 4,
+            Expr::Not(_) | Expr::Neg(_) => 5,
+            Expr::Null
+            | Expr::Bool(_)
+            | Expr::Int(_)
+            | Expr::Long(_)
+            | Expr::Double(_)
+            | Expr::Str(_)
+            | Expr::Prop(_)
+            | Expr::BoolCast(_) => 6,
+        }
+    }
+
+    /// Writes `self` where the grammar needs at least level `min`, parenthesised if lower.
+    fn write_at(&self, f: &mut fmt::Formatter<'_>, min: u8) -> fmt::Result {
+        if self.level() < min {
+            write!(f, "({self})")
+        } else {
+            write!(f, "{self}")
+        }
+    }
+}
+
+/// The fewest parentheses the grammar needs (so a printed expression never nests deeper
+/// than the text it was parsed from), `- ` with a space (never a `--` comment).
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn join(f: &mut fmt::Formatter<'_>, v: &[Expr], sep: &str) -> fmt::Result {
-            for (i, e) in v.iter().enumerate() {
-                if i > 0 {
-                    f.write_str(sep)?;
-                }
-                write!(f, "({e})")?;
-            }
-            Ok(())
-        }
+        let not = |n: bool| if n { "NOT " } else { "" };
         match self {
             Expr::Null => f.write_str("NULL"),
             Expr::Bool(true) => f.write_str("TRUE"),
@@ -1251,32 +1279,64 @@ impl fmt::Display for Expr {
             Expr::Double(d) => write!(f, "{d:?}"),
             Expr::Str(s) => f.write_str(&quote(s)),
             Expr::Prop(p) | Expr::BoolCast(p) => f.write_str(p),
-            Expr::Neg(e) => write!(f, "-({e})"),
-            Expr::Not(e) => write!(f, "NOT ({e})"),
-            Expr::And(v) => join(f, v, " AND "),
-            Expr::Or(v) => join(f, v, " OR "),
-            Expr::Eq(l, r) => write!(f, "({l}) = ({r})"),
-            Expr::Ne(l, r) => write!(f, "({l}) <> ({r})"),
-            Expr::Rel(op, l, r) => write!(f, "({l}) {} ({r})", op.symbol()),
+            Expr::Neg(e) => {
+                f.write_str("- ")?;
+                e.write_at(f, 5)
+            }
+            Expr::Not(e) => {
+                f.write_str("NOT ")?;
+                e.write_at(f, 5)
+            }
+            Expr::And(v) | Expr::Or(v) => {
+                let (sep, min) = if matches!(self, Expr::And(_)) {
+                    (" AND ", 3)
+                } else {
+                    (" OR ", 2)
+                };
+                for (i, e) in v.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(sep)?;
+                    }
+                    e.write_at(f, min)?;
+                }
+                Ok(())
+            }
+            Expr::Eq(l, r) | Expr::Ne(l, r) => {
+                l.write_at(f, 3)?;
+                f.write_str(if matches!(self, Expr::Eq(..)) {
+                    " = "
+                } else {
+                    " <> "
+                })?;
+                r.write_at(f, 4)
+            }
+            Expr::Rel(op, l, r) => {
+                l.write_at(f, 4)?;
+                write!(f, " {} ", op.symbol())?;
+                r.write_at(f, 5)
+            }
             Expr::IsNull { value, negated } => {
-                write!(f, "({value}) IS {}NULL", if *negated { "NOT " } else { "" })
+                value.write_at(f, 3)?;
+                write!(f, " IS {}NULL", not(*negated))
             }
             Expr::Between {
                 value,
                 low,
                 high,
                 negated,
-            } => write!(
-                f,
-                "({value}) {}BETWEEN ({low}) AND ({high})",
-                if *negated { "NOT " } else { "" }
-            ),
+            } => {
+                value.write_at(f, 4)?;
+                write!(f, " {}BETWEEN ", not(*negated))?;
+                low.write_at(f, 5)?;
+                f.write_str(" AND ")?;
+                high.write_at(f, 5)
+            }
             Expr::In {
                 prop,
                 list,
                 negated,
             } => {
-                write!(f, "{prop} {}IN (", if *negated { "NOT " } else { "" })?;
+                write!(f, "{prop} {}IN (", not(*negated))?;
                 for (i, s) in list.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
@@ -1290,13 +1350,10 @@ impl fmt::Display for Expr {
                 value,
                 search,
                 negated,
-            } => write!(
-                f,
-                "({value}) {}{} {}",
-                if *negated { "NOT " } else { "" },
-                op.keyword(),
-                quote(search)
-            ),
+            } => {
+                value.write_at(f, 4)?;
+                write!(f, " {}{} {}", not(*negated), op.keyword(), quote(search))
+            }
         }
     }
 }

@@ -242,6 +242,15 @@ pub enum InternalCommand {
         /// Delivery sequence from the receipt handle.
         seq: u64,
     },
+    /// Ack several deliveries of one group and topic at once (one AckMessage request).
+    AckMany {
+        /// Consumer group.
+        group: String,
+        /// Topic.
+        topic: String,
+        /// (queue, offset, seq) of each delivery.
+        items: Vec<(u32, u64, u64)>,
+    },
     /// Change the invisible time of one delivery; it gets a new sequence (new handle).
     ChangeInvisible {
         /// Consumer group.
@@ -882,6 +891,23 @@ impl SmCore {
                     .consume
                     .apply_ack(&group, &topic, queue, offset, seq),
             ),
+            InternalCommand::AckMany {
+                group,
+                topic,
+                items,
+            } => {
+                // One byte per item: 1 = acked, 0 = stale.
+                let out: Vec<u8> = items
+                    .iter()
+                    .map(|(q, o, s)| {
+                        u8::from(
+                            inner.state.consume.apply_ack(&group, &topic, *q, *o, *s)
+                                == HandleOutcome::Ok,
+                        )
+                    })
+                    .collect();
+                Bytes::from(out)
+            }
             InternalCommand::ChangeInvisible {
                 group,
                 topic,
@@ -1348,6 +1374,16 @@ impl SmHandle {
                     offset: o,
                     ..
                 } if t == topic && q == queue && o == offset => {
+                    out.push(ConsumeEvent::Acked {
+                        group,
+                        raft_index: i,
+                    });
+                }
+                InternalCommand::AckMany {
+                    group,
+                    topic: t,
+                    items,
+                } if t == topic && items.iter().any(|(q, o, _)| *q == queue && *o == offset) => {
                     out.push(ConsumeEvent::Acked {
                         group,
                         raft_index: i,

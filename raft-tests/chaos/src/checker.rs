@@ -2,11 +2,13 @@
 //! inconsistent offsets, redeliveries of acked messages and the unavailability window (RTO)
 //! after each fault. Pure: a function of the events only.
 
+#![allow(clippy::type_complexity)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::history::{Event, SendOutcome};
+use super::history::{Event, SendOutcome};
 
 /// How many examples of each problem the report lists.
 const SAMPLES: usize = 20;
@@ -408,11 +410,8 @@ pub fn check(events: &[Event]) -> Analysis {
         .collect();
     for (cg, stream) in &streams {
         // (topic, producer, message group) → (highest seq delivered, seqs delivered)
-        #[allow(clippy::type_complexity)]
-        let mut seen: BTreeMap<
-            (String, String, String),
-            (u64, BTreeSet<u64>, BTreeSet<u64>),
-        > = BTreeMap::new();
+        let mut seen: BTreeMap<(String, String, String), (u64, BTreeSet<u64>, BTreeSet<u64>)> =
+            BTreeMap::new();
         for (t, id) in stream {
             let Some(s) = sends.get(id) else { continue };
             let Some(g) = &s.group else { continue };

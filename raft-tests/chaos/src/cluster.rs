@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use raftmq::proto::raftmq::admin as pb;
 use raftmq::proto::raftmq::admin::admin_client::AdminClient;
 
-use crate::net::Netns;
+use super::net::Netns;
 
 /// Settings of the cluster.
 #[derive(Debug, Clone)]
@@ -517,7 +517,6 @@ impl Cluster {
                 queues,
                 perm: "rw".into(),
                 message_type: message_type.into(),
-                ..Default::default()
             })
             .await?;
         }

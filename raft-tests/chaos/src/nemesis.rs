@@ -10,10 +10,10 @@ use anyhow::{Context, bail};
 use raftmq::proto::raftmq::admin as pb;
 use serde::Serialize;
 
-use crate::cluster::{Cluster, admin};
-use crate::history::{Event, History};
-use crate::rng::Rng;
-use crate::workload::{self, Control, FILLER_TOPIC};
+use super::cluster::{Cluster, admin};
+use super::history::{Event, History};
+use super::rng::Rng;
+use super::workload::{self, Control, FILLER_TOPIC};
 
 /// Fault kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -445,11 +445,22 @@ impl Nemesis {
                 c.kill(&g, f);
                 // Let consumers catch up so retention deletes nothing they still need.
                 ctl.hold_producers.store(true, Ordering::Relaxed);
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while Instant::now() < deadline && !workload::all_acked_delivered(&h.events()) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut drained = false;
+                while Instant::now() < deadline {
+                    if workload::all_acked_delivered(&h.events()) {
+                        drained = true;
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                let r = self.fill_past(c, &g, f, f_last).await;
+                // Only purge once consumers have everything: otherwise retention would delete
+                // messages no one received and the checker could not tell them from lost ones.
+                let r = if drained {
+                    self.fill_past(c, &g, f, f_last).await
+                } else {
+                    Err(anyhow::anyhow!("consumers did not drain within 60 s"))
+                };
                 ctl.hold_producers.store(false, Ordering::Relaxed);
                 let d = match r {
                     Ok(first) => {

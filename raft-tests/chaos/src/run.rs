@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::checker::{self, Analysis};
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::history::{Event, History};
-use crate::nemesis::{self, Kind, Nemesis, NemesisStats};
-use crate::replica::{self, ReplicaReport};
-use crate::workload::{self, FIFO_TOPIC, FILLER_TOPIC, NORMAL_TOPIC, QUEUES, Workload};
+use super::checker::{self, Analysis};
+use super::cluster::{Cluster, ClusterConfig};
+use super::history::{Event, History};
+use super::nemesis::{self, Kind, Nemesis, NemesisStats};
+use super::replica::{self, ReplicaReport};
+use super::workload::{self, FIFO_TOPIC, FILLER_TOPIC, NORMAL_TOPIC, QUEUES, Workload};
 
 /// Settings of a run.
 #[derive(Debug, Clone)]

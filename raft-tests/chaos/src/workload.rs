@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftmq::client::{OutMessage, Producer, SimpleConsumer};
 
-use crate::history::{Event, History, SendOutcome};
+use super::history::{Event, History, SendOutcome};
 
 /// Topic of normal messages.
 pub const NORMAL_TOPIC: &str = "chaos-normal";
@@ -53,6 +53,7 @@ fn message_id(run: u32, producer: u32, seq: u64) -> String {
     format!("01{run:08X}{producer:06X}{seq:016X}")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn producer_loop(
     h: History,
     ctl: Control,
