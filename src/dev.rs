@@ -31,7 +31,12 @@ struct Children(Vec<(String, Child)>);
 impl Children {
     /// SIGTERM everyone, then wait (bounded), then SIGKILL stragglers.
     fn stop(&mut self) {
-        for (_, c) in &self.0 {
+        for (_, c) in &mut self.0 {
+            // A child already reaped keeps its status here; its pid may belong to someone
+            // else by now, so it gets no signal.
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                continue;
+            }
             // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
@@ -67,8 +72,15 @@ fn spawn(exe: &std::path::Path, log: PathBuf, args: &[String]) -> anyhow::Result
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
-    Command::new(exe)
-        .args(args)
+    let mut cmd = Command::new(exe);
+    // The children are configured by their flags only: a RAFTMQ_* variable meant for some
+    // other broker or nameserver in the caller's shell must not leak into them.
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("RAFTMQ_")) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -185,10 +197,27 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Ctrl-C stops everything.");
 
+    // Until Ctrl-C (or SIGTERM), and watch the children: one that dies is reported and
+    // reaped at once, and the others go on (restart `raftmq dev` to bring it back).
+    let mut dead: Vec<String> = Vec::new();
     rt.block_on(async {
-        tokio::select! {
-            _ = signals.0.recv() => {}
-            _ = signals.1.recv() => {}
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = signals.0.recv() => break,
+                _ = signals.1.recv() => break,
+                _ = tick.tick() => {
+                    for (name, c) in &mut children.0 {
+                        if dead.contains(name) {
+                            continue;
+                        }
+                        if let Ok(Some(st)) = c.try_wait() {
+                            eprintln!("{name} exited ({st}); see {}/*.log", data.display());
+                            dead.push(name.clone());
+                        }
+                    }
+                }
+            }
         }
     });
     println!("stopping...");

@@ -25,10 +25,10 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Messages per produce run (the consume run reads those of the largest in-flight run)
-    /// [default: 100000; smoke: 2000].
+    /// [default: 100000; smoke: 1000].
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Messages per produce run at in-flight 1 [default: 5000; smoke: 200].
+    /// Messages per produce run at in-flight 1 [default: 5000; smoke: 100].
     #[arg(long)]
     pub messages_if1: Option<u64>,
     /// Message body size in bytes (the first 8 carry the send time).
@@ -53,7 +53,7 @@ pub struct ClusterArgs {
     /// e2e: producer rate as a fraction of the same round's max produce rate.
     #[arg(long, default_value_t = 0.5)]
     pub e2e_load: f64,
-    /// e2e: seconds of traffic [default: 10; smoke: 2].
+    /// e2e: seconds of traffic [default: 10; smoke: 1].
     #[arg(long)]
     pub e2e_secs: Option<f64>,
     /// Consume: messages per receive call / pull batch.
@@ -283,9 +283,9 @@ const NATS_DEFAULT: &str = "nats default";
 pub fn run(a: ClusterArgs) -> Result<()> {
     let smoke = a.smoke;
     let rounds = a.rounds.unwrap_or(if smoke { 1 } else { 3 });
-    let messages = a.messages.unwrap_or(if smoke { 2000 } else { 100_000 });
-    let messages_if1 = a.messages_if1.unwrap_or(if smoke { 200 } else { 5000 });
-    let e2e_secs = a.e2e_secs.unwrap_or(if smoke { 2.0 } else { 10.0 });
+    let messages = a.messages.unwrap_or(if smoke { 1000 } else { 100_000 });
+    let messages_if1 = a.messages_if1.unwrap_or(if smoke { 100 } else { 5000 });
+    let e2e_secs = a.e2e_secs.unwrap_or(if smoke { 1.0 } else { 10.0 });
     let ceiling_secs = a.ceiling_secs.unwrap_or(if smoke { 0.5 } else { 3.0 });
     if rounds == 0 || messages == 0 || messages_if1 == 0 || a.producers == 0 || a.batch == 0 {
         bail!("--rounds, --messages, --messages-if1, --producers and --batch must be > 0");

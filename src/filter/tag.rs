@@ -8,8 +8,8 @@
 //! a hash collision never delivers a wrong tag.
 //!
 //! Differences from RocketMQ, both on inputs it handles oddly: the whole expression is trimmed
-//! before the `*` check (RocketMQ treats ` * ` as the literal tag `*`), and an expression with
-//! no tag at all (`||`, `| | ` is one tag `| |`) is an error (RocketMQ errors on `||` and
+//! before the `*` check (RocketMQ treats ` * ` as the literal tag `*`), and an expression that
+//! names no tag (`||`, `|| ||`) is an error (RocketMQ errors on `||` but accepts `|| ||` and
 //! silently matches nothing for `|| ||`).
 
 use super::FilterError;
