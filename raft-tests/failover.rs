@@ -255,3 +255,105 @@ async fn restarting_all_nodes_at_once_loses_nothing() {
         assert_eq!(all.len(), acked.len(), "node {id}: duplicates were stored");
     }
 }
+
+/// Regression (found by the chaos suite): a leader whose log lost a torn tail after a crash
+/// must not resume its old term on restart. openraft commits an entry once a quorum of
+/// followers holds it, before the leader's own write is durable; a leader that came back in
+/// the same term with a shorter log handed the lost indexes to new entries, so two different
+/// entries shared one log id and replicas diverged. Leader restore is now off: a restarted
+/// leader needs a new election, which its shorter log cannot win, and it is repaired by the
+/// new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_with_a_torn_tail_does_not_reuse_indexes() {
+    let _g = common::serial().await;
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            segment_size: "1M",
+            extra: vec![],
+        },
+    );
+    let (leader, _) = c.wait_leader(Duration::from_secs(20)).await;
+    c.create_topic(leader, "torn", 1, "normal").await;
+    let first: Vec<_> = (0..40)
+        .map(|i| message("torn", &format!("a-{i}"), vec![b'a'; 200]))
+        .collect();
+    common::produce(&c, leader, first, Duration::from_secs(30)).await;
+    let target = c
+        .status(leader)
+        .await
+        .expect("status")
+        .last_log_index
+        .expect("index");
+    for id in 1..=3 {
+        c.wait_applied(id, target, Duration::from_secs(30)).await;
+    }
+
+    // Crash the leader and zero the end of its last record, then restart it at once (the
+    // situation in which it used to resume leading the same term).
+    c.kill(leader);
+    let insp = raftmq::storage::commitlog::inspect(c.dir(leader)).expect("inspect");
+    let last = insp.entries.last().expect("a record").clone();
+    let base = last.pos - last.pos % insp.segment_size;
+    let end = last.pos - base + 48 + u64::from(last.payload_len);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let file = c.dir(leader).join("commitlog").join(format!("{base:020}"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .expect("segment");
+        f.seek(SeekFrom::Start(end - 24)).expect("seek");
+        f.write_all(&[0u8; 24]).expect("tear");
+        f.sync_all().expect("sync");
+    }
+    c.spawn(leader);
+
+    // Writes go on through whoever leads now.
+    let (now_leader, _) = c.wait_leader(Duration::from_secs(30)).await;
+    let second: Vec<_> = (0..40)
+        .map(|i| message("torn", &format!("b-{i}"), vec![b'b'; 300]))
+        .collect();
+    common::produce(&c, now_leader, second, Duration::from_secs(30)).await;
+    let target = c
+        .status(now_leader)
+        .await
+        .expect("status")
+        .last_log_index
+        .expect("index");
+    for id in 1..=3 {
+        c.wait_applied(id, target, Duration::from_secs(60)).await;
+    }
+    let committed = c
+        .status(now_leader)
+        .await
+        .expect("status")
+        .committed
+        .expect("committed");
+    // Every message once, on every node.
+    for id in 1..=3 {
+        let ids: Vec<String> = c
+            .read_all(id, "torn", 1)
+            .await
+            .into_iter()
+            .map(|(_, m)| m.message_id)
+            .collect();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(ids.len(), 80, "node {id} holds {} messages", ids.len());
+        assert_eq!(unique.len(), 80, "node {id} holds a message twice");
+    }
+    for id in 1..=3 {
+        c.stop(id);
+    }
+    let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
+    for (index, rec) in logs[0].iter().filter(|(i, _)| **i <= committed) {
+        for (k, other) in logs.iter().enumerate() {
+            assert_eq!(
+                other.get(index),
+                Some(rec),
+                "index {index} differs on node {}",
+                k + 1
+            );
+        }
+    }
+}

@@ -441,10 +441,17 @@ impl MessagingSvc {
             let state = node.sm.queue_state(group, &topic.name, q);
             let mut deliver: Vec<(u64, u32)> = Vec::new();
             let mut to_dlq: Vec<(u64, u64)> = Vec::new();
+            // In-flight offsets that retention deleted: nothing to redeliver, settle them.
+            let (_, min_offset, _) = node.sm.units(&topic.name, q, 0, 0);
+            let mut gone: Vec<(u32, u64, u64)> = Vec::new();
             // Expired deliveries come back first, with the next attempt number.
             for (off, f) in &state.inflight {
                 if deliver.len() + out.len() >= batch {
                     break;
+                }
+                if *off < min_offset {
+                    gone.push((q, *off, f.seq));
+                    continue;
                 }
                 if f.invisible_until_ms <= now {
                     if f.attempt >= gc.max_delivery_attempts {
@@ -458,6 +465,19 @@ impl MessagingSvc {
             }
             for (off, seq) in to_dlq {
                 node.dead_letter(group, &topic.name, q, off, seq).await?;
+            }
+            if !gone.is_empty() {
+                tracing::warn!(
+                    "{} in-flight message(s) of {}:{q} for {group} were deleted by retention before an ack",
+                    gone.len(),
+                    topic.name
+                );
+                node.propose(InternalCommand::AckMany {
+                    group: group.to_string(),
+                    topic: topic.name.clone(),
+                    items: gone,
+                })
+                .await?;
             }
             let blocked = fifo && state.inflight.values().any(|f| f.invisible_until_ms > now);
             let mut skip_to = state.next_offset;
@@ -499,8 +519,11 @@ impl MessagingSvc {
             };
             node.propose(InternalCommand::Pop(pop)).await?;
             for (off, attempt) in deliver {
-                let (units, _, _) = node.sm.units(&topic.name, q, off, 1);
-                let Some(u) = units.first() else { continue };
+                let (units, min, _) = node.sm.units(&topic.name, q, off, 1);
+                // `units` starts at the queue's minimum: an offset below it is gone.
+                let Some(u) = units.first().filter(|_| off >= min) else {
+                    continue;
+                };
                 let m = node.sm.message_at(u.pos, u.size)?;
                 out.push(Delivery {
                     queue: q,

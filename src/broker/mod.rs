@@ -7,6 +7,7 @@
 //! * [`http`] is the optional HTTP port: health, readiness, Raft status, Prometheus metrics.
 
 pub mod admin;
+pub mod batcher;
 pub mod error;
 pub mod http;
 pub mod messaging;

@@ -138,6 +138,11 @@ impl NodeConfig {
             // skip live messages.
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 0,
+            // A restarted leader must win a new election, never resume its old term: its log
+            // may have lost a torn tail that followers already hold (openraft commits on a
+            // quorum of followers before the leader's own flush), and resuming the term
+            // would hand the same index to a different entry. Found by the chaos suite.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         cfg.validate()
@@ -230,6 +235,8 @@ pub struct Node {
     pub(crate) forwarder: super::ops::Forwarder,
     /// Clients connected to this node (Telemetry streams, auto-renewed deliveries).
     pub(crate) sessions: Arc<super::sessions::Sessions>,
+    /// Group commit of produce requests (set right after start).
+    pub(crate) batcher: std::sync::OnceLock<super::batcher::Batcher>,
     pub(crate) shutdown: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -315,10 +322,16 @@ impl Node {
                 start_term,
                 forwarder: super::ops::Forwarder::default(),
                 sessions,
+                batcher: std::sync::OnceLock::new(),
                 shutdown,
                 tasks: std::sync::Mutex::new(vec![server]),
             }
         });
+        let (batcher, batch_task) = super::batcher::Batcher::spawn(Arc::downgrade(&node));
+        let _ = node.batcher.set(batcher);
+        if let Ok(mut t) = node.tasks.lock() {
+            t.push(batch_task);
+        }
         node.bootstrap().await?;
         let n = Arc::clone(&node);
         let retention = tokio::spawn(async move { n.retention_loop().await });

@@ -59,6 +59,7 @@ enum Fwd {
 }
 
 /// Where a write must go.
+#[derive(Debug, Clone)]
 pub(crate) enum Route {
     /// This node leads.
     Local,
@@ -154,7 +155,7 @@ impl Node {
     ///
     /// A successful write is timed from proposal to applied (when `client_write` returns) into
     /// `raftmq_append_latency_seconds{command="messages"|"internal"}`; failed writes are not.
-    async fn write_local(
+    pub(crate) async fn write_local(
         &self,
         cmd: Command,
     ) -> Result<Result<CommandResponse, Route>, BrokerError> {
@@ -390,18 +391,17 @@ impl Node {
         let mut stored: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
         if !msgs.is_empty() {
             let batch: Vec<NewMessage> = msgs.iter().map(|(_, m)| m.clone()).collect();
-            let payload = message::encode_batch(&batch)
-                .map_err(|e| BrokerError::BadRequest(e.to_string()))?;
-            let resp = match self
-                .write_local(Command::messages(Bytes::from(payload)))
-                .await?
-            {
+            // Concurrent requests share Raft entries (see `batcher`).
+            let Some(batcher) = self.batcher.get() else {
+                return Err(BrokerError::Internal(
+                    "the batch writer is not running".into(),
+                ));
+            };
+            let (index, places) = match batcher.write(batch).await? {
                 Ok(r) => r,
                 Err(route) => return Ok(Err(route)),
             };
-            raft_index = resp.index;
-            let places = state_machine::decode_batch_result(&resp.data)
-                .map_err(|e| BrokerError::Internal(format!("bad apply result: {e}")))?;
+            raft_index = index;
             if places.len() != msgs.len() {
                 return Err(BrokerError::Internal(
                     "apply result does not match the batch".into(),

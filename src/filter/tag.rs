@@ -9,8 +9,8 @@
 //!
 //! Differences from RocketMQ, both on inputs it handles oddly: the whole expression is trimmed
 //! before the `*` check (RocketMQ treats ` * ` as the literal tag `*`), and an expression that
-//! names no tag (`||`, `|| ||`) is an error (RocketMQ errors on `||` but accepts `|| ||` and
-//! silently matches nothing for `|| ||`).
+//! names no tag (`||`, `|| ||`) is an error (RocketMQ errors on `||`, and accepts `|| ||`
+//! which then matches nothing).
 
 use super::FilterError;
 use super::tag_hash;

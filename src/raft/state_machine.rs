@@ -698,6 +698,8 @@ impl SmCore {
         let mut keep = Vec::with_capacity(views.len());
         // Newly stored messages (not retries, not broker copies), for the metrics.
         let mut fresh = Vec::with_capacity(views.len());
+        let mut batch_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut later_dups: Vec<(usize, String)> = Vec::new();
         let st = &mut inner.state;
         for v in &views {
             let key = dedupe_key(&v.topic, &v.message_id);
@@ -763,6 +765,12 @@ impl SmCore {
                 }
                 _ => match st.dedupe.get(&key) {
                     Some(p) => (Some(duplicate(Some(p))), false, false),
+                    // The same id earlier in this batch (requests are batched together, so a
+                    // producer's retry can share an entry with its original): stored once.
+                    None if !batch_ids.insert(key.clone()) => {
+                        later_dups.push((places.len(), key));
+                        (None, false, false)
+                    }
                     None => (None, true, true),
                 },
             };
@@ -786,8 +794,12 @@ impl SmCore {
                 "dispatch returned a result count unlike the batch",
             ));
         }
-        for ((v, slot), d) in views.iter().zip(places.iter_mut()).zip(dispatched) {
-            if slot.is_none() {
+        for ((v, slot), (d, kept)) in views
+            .iter()
+            .zip(places.iter_mut())
+            .zip(dispatched.into_iter().zip(&keep))
+        {
+            if slot.is_none() && *kept {
                 let Some(x) = d else {
                     return Err(io::Error::other(
                         "dispatch skipped a message it was asked to keep",
@@ -809,6 +821,19 @@ impl SmCore {
                     .state
                     .dedupe
                     .insert(dedupe_key(&v.topic, &v.message_id), p.clone());
+                *slot = Some(p);
+            }
+        }
+        // In-batch repeats get the place their first occurrence got just above.
+        for (i, key) in later_dups {
+            let mut p = inner
+                .state
+                .dedupe
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| io::Error::other("in-batch duplicate without an original"))?;
+            p.duplicate = true;
+            if let Some(slot) = places.get_mut(i) {
                 *slot = Some(p);
             }
         }

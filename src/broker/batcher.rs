@@ -1,0 +1,161 @@
+//! Group commit of produce requests: concurrent sends on the leader become one Raft entry.
+//!
+//! Every Raft entry costs a proposal, a log record (header, index slot, CRC), replication
+//! bookkeeping on each follower and an apply; a message batch costs that once however many
+//! messages it holds. Clients send one message per request (the Python client asserts it), so
+//! without batching a loaded group spends most of its CPU on per-entry overhead. Requests
+//! are queued here; a writer drains the queue into one batch (bounded by
+//! [`MAX_BATCH_MESSAGES`] and [`MAX_BATCH_BYTES`]) and proposes it while the next batch fills,
+//! with up to [`MAX_IN_FLIGHT`] batches in Raft at once. Nothing waits for a timer: a lone
+//! request is proposed at once, and batches grow only while earlier ones are in flight.
+//!
+//! Each request keeps its messages contiguous and in order within the batch, and learns
+//! where each of them went from the entry's apply result.
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::error::BrokerError;
+use super::node::Node;
+use super::ops::Route;
+use crate::raft::Command;
+use crate::raft::state_machine::{self, Place};
+use crate::storage::message::{self, NewMessage};
+
+/// Most messages in one batched entry.
+pub const MAX_BATCH_MESSAGES: usize = 1024;
+/// Most encoded bytes in one batched entry (a single larger request still goes alone).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches proposed and not yet applied, at most.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// What a request gets back: (Raft index, one place per message), or where the leader is.
+pub(crate) type WriteResult = Result<Result<(u64, Vec<Place>), Route>, BrokerError>;
+
+struct Request {
+    msgs: Vec<NewMessage>,
+    bytes: usize,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// The queue of produce requests of one node.
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Batcher {
+    /// A batcher writing through `node`; its task ends when the node is dropped.
+    pub fn spawn(node: Weak<Node>) -> (Batcher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(node, rx));
+        (Batcher { tx }, task)
+    }
+
+    /// Write `msgs` as part of the next batch.
+    pub(crate) async fn write(&self, msgs: Vec<NewMessage>) -> WriteResult {
+        // Validates every message, so one bad request cannot fail a whole batch.
+        let mut bytes = 0;
+        for m in &msgs {
+            bytes += message::encoded_len(m).map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { msgs, bytes, reply })
+            .map_err(|_| BrokerError::Internal("the batch writer stopped".into()))?;
+        rx.await
+            .map_err(|_| BrokerError::Internal("the batch writer dropped a request".into()))?
+    }
+}
+
+async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carry: Option<Request> = None;
+    loop {
+        // Wait for a free slot first, so that requests keep accumulating meanwhile.
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let (mut n, mut bytes) = (batch[0].msgs.len(), batch[0].bytes);
+        while n < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(r)
+                    if n + r.msgs.len() > MAX_BATCH_MESSAGES
+                        || bytes + r.bytes > MAX_BATCH_BYTES =>
+                {
+                    carry = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    n += r.msgs.len();
+                    bytes += r.bytes;
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        tokio::spawn(async move {
+            write_batch(&node, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(node: &Node, batch: Vec<Request>) {
+    let all: Vec<NewMessage> = batch.iter().flat_map(|r| r.msgs.iter().cloned()).collect();
+    let result: WriteResult = async {
+        let payload =
+            message::encode_batch(&all).map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+        let resp = match node
+            .write_local(Command::messages(Bytes::from(payload)))
+            .await?
+        {
+            Ok(r) => r,
+            Err(route) => return Ok(Err(route)),
+        };
+        let places = state_machine::decode_batch_result(&resp.data)
+            .map_err(|e| BrokerError::Internal(format!("bad apply result: {e}")))?;
+        if places.len() != all.len() {
+            return Err(BrokerError::Internal(
+                "apply result does not match the batch".into(),
+            ));
+        }
+        Ok(Ok((resp.index, places)))
+    }
+    .await;
+    match result {
+        Ok(Ok((index, places))) => {
+            let mut it = places.into_iter();
+            for r in batch {
+                let mine: Vec<Place> = it.by_ref().take(r.msgs.len()).collect();
+                let _ = r.reply.send(Ok(Ok((index, mine))));
+            }
+        }
+        Ok(Err(route)) => {
+            for r in batch {
+                let _ = r.reply.send(Ok(Err(route.clone())));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            for r in batch {
+                // One error value; the others get an equivalent copy.
+                let e = first
+                    .take()
+                    .unwrap_or_else(|| BrokerError::Raft(msg.clone()));
+                let _ = r.reply.send(Err(e));
+            }
+        }
+    }
+}
