@@ -306,8 +306,8 @@ async fn one_producer(sender: &Sender, sh: &Shared<'_>) -> Result<()> {
 // One per workload run: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Receiver {
-    /// raftmq SimpleConsumer: `receive(batch)` with long polling, then one AckMessage RPC per
-    /// message (the acks of one batch concurrently); `concurrency` receive loops.
+    /// raftmq SimpleConsumer: `receive(batch)` with long polling, then the batch's acks in one
+    /// AckMessage request (one entry per message); `concurrency` receive loops.
     Raftmq {
         consumer: SimpleConsumer,
         batch: i32,
@@ -363,7 +363,10 @@ pub async fn consume(r: &Receiver, n: u64, max: Duration, pb: &ProgressBar) -> R
                             report::record(&mut lat.borrow_mut(), age);
                         }
                     }
-                    futures::future::try_join_all(msgs.iter().map(|m| consumer.ack(m)))
+                    // Every message is acked; the acks of one received batch travel in one
+                    // AckMessage request (`ack_all`), which the broker applies as one entry.
+                    consumer
+                        .ack_all(&msgs)
                         .await
                         .map_err(|e| anyhow!("ack: {e}"))?;
                     let mut s = seen.borrow_mut();

@@ -1143,7 +1143,7 @@ fn meta_markdown(m: &Meta) -> String {
     );
     let _ = writeln!(
         s,
-        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, AckMessage RPC per message, acks of a batch concurrently; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
+        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, each received batch acked by one AckMessage request with one entry per message; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
         m.consume_batch, m.consume_concurrency
     );
     let _ = writeln!(

@@ -327,13 +327,25 @@ impl Producer {
         let mut last = ClientError::Invalid("no attempt made".into());
         for attempt in 0..self.max_attempts.max(1) {
             let queues = self.queues(&m.topic, attempt > 0).await?;
-            let writable: Vec<&v2::MessageQueue> = queues
+            let all: Vec<&v2::MessageQueue> = queues
                 .iter()
                 .filter(|q| {
                     q.permission == v2::Permission::ReadWrite as i32
                         || q.permission == v2::Permission::Write as i32
                 })
                 .collect();
+            // First attempt: the first entry of each (broker group, queue), which routes list
+            // leader first, so a send normally skips a follower's forwarding hop. Retries use
+            // every member.
+            let writable: Vec<&v2::MessageQueue> = if attempt == 0 {
+                let mut seen = std::collections::HashSet::new();
+                all.iter()
+                    .copied()
+                    .filter(|q| seen.insert((broker_group(q).to_string(), q.id)))
+                    .collect()
+            } else {
+                all
+            };
             if writable.is_empty() {
                 return Err(ClientError::Invalid(format!(
                     "topic `{}` has no writable queue",
