@@ -143,6 +143,12 @@ impl NodeConfig {
             // quorum of followers before the leader's own flush), and resuming the term
             // would hand the same index to a different entry. Found by the chaos suite.
             enable_leader_restore: Some(false),
+            // A follower that lost a torn tail (a crash during its write) reports a shorter
+            // log than it had acknowledged. openraft's default treats that as impossible and
+            // panics the leader's core; with this the leader resets that follower's progress
+            // and re-replicates, which is safe because a quorum still holds every committed
+            // entry. Found by the chaos suite (torn tail on a follower).
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         cfg.validate()
