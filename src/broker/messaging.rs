@@ -45,6 +45,7 @@ use crate::protocol::route::{self, GroupRoute, status};
 use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, TopicConfig, TopicMessageType};
+use crate::storage::StoreError;
 use crate::storage::message::{MessageType, MessageView};
 
 /// Largest message body accepted (advertised to clients in the Settings reply).
@@ -493,7 +494,15 @@ impl MessagingSvc {
                             break;
                         }
                         if filter.may_match_hash(u.tag_hash) {
-                            let m = node.sm.message_at(u.pos, u.size)?;
+                            // Deleted by retention since `units` looked: expired, skip it.
+                            let m = match node.sm.message_at(u.pos, u.size) {
+                                Err(StoreError::NotFound { .. }) => {
+                                    off += 1;
+                                    skip_to = off;
+                                    continue;
+                                }
+                                r => r?,
+                            };
                             if filter.matches_message(&m) {
                                 deliver.push((off, 1));
                             }
@@ -524,7 +533,10 @@ impl MessagingSvc {
                 let Some(u) = units.first().filter(|_| off >= min) else {
                     continue;
                 };
-                let m = node.sm.message_at(u.pos, u.size)?;
+                let m = match node.sm.message_at(u.pos, u.size) {
+                    Err(StoreError::NotFound { .. }) => continue, // deleted by retention meanwhile
+                    r => r?,
+                };
                 out.push(Delivery {
                     queue: q,
                     offset: off,

@@ -448,6 +448,9 @@ impl Node {
             .sm
             .retention_boundary(self.config.retention_time, self.config.retention_bytes)?;
         let Some(boundary) = plan else {
+            // openraft also purges by itself (after installing a snapshot, say): drop the
+            // queue units that point into segments deleted that way.
+            self.sm.after_purge()?;
             return Ok(RetentionOutcome {
                 segments_deleted: 0,
                 snapshot_index: None,

@@ -1207,9 +1207,37 @@ impl SmHandle {
             return (Vec::new(), 0, 0);
         };
         let cq = g.dispatcher.consume_queue();
-        let min = cq.min_offset(topic, queue).unwrap_or(0);
+        let min = self.readable_min(cq, topic, queue);
         let max_off = cq.max_offset(topic, queue).unwrap_or(0);
         (cq.range(topic, queue, from.max(min), max), min, max_off)
+    }
+
+    /// First offset of a queue whose message is still in the CommitLog. Segments can be
+    /// deleted (openraft purges after every snapshot it builds, on every node) before
+    /// [`after_purge`](Self::after_purge) drops the ConsumeQueue units that point into them;
+    /// until then those units are expired, not readable. Positions grow with offsets, so a
+    /// binary search finds the boundary.
+    fn readable_min(
+        &self,
+        cq: &crate::storage::consumequeue::ConsumeQueueStore,
+        topic: &str,
+        queue: u32,
+    ) -> u64 {
+        let (mut lo, mut hi) = (
+            cq.min_offset(topic, queue).unwrap_or(0),
+            cq.max_offset(topic, queue).unwrap_or(0),
+        );
+        let Ok(first) = self.core.log.first_position() else {
+            return lo;
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match cq.get(topic, queue, mid) {
+                Some(u) if u.pos < first => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
     }
 
     /// The message a ConsumeQueue unit points at.
@@ -1249,7 +1277,7 @@ impl SmHandle {
             .read()
             .ok_or_else(|| StoreError::Poisoned("state machine lock poisoned".into()))?;
         let cq = g.dispatcher.consume_queue();
-        let min = cq.min_offset(topic, queue).unwrap_or(0);
+        let min = self.readable_min(cq, topic, queue);
         let maxo = cq.max_offset(topic, queue).unwrap_or(0);
         let from = from.max(min);
         let units = cq.range(topic, queue, from, max);

@@ -700,6 +700,14 @@ impl CommitLog {
         self.write_state()?.index.flush()
     }
 
+    /// Byte position of the oldest byte still held (base of the oldest segment; the write
+    /// position when no segment exists). Anything below it was deleted by retention or
+    /// dropped by a snapshot install.
+    pub fn first_position(&self) -> Result<u64> {
+        let st = self.read_state()?;
+        Ok(st.segments.keys().next().copied().unwrap_or(st.write_pos))
+    }
+
     /// Paths and bases of the segment files currently held.
     pub fn segment_files(&self) -> Result<Vec<(u64, PathBuf)>> {
         Ok(self
