@@ -70,6 +70,10 @@ pub struct SendReceipt {
     pub message_id: String,
     /// Queue offset.
     pub offset: i64,
+    /// Broker group the message was stored in.
+    pub broker_group: String,
+    /// Queue of that broker group.
+    pub queue_id: i32,
 }
 
 /// A received message.
@@ -380,6 +384,8 @@ impl Producer {
                             return Ok(SendReceipt {
                                 message_id: e.message_id.clone(),
                                 offset: e.offset,
+                                broker_group: broker_group(q).to_string(),
+                                queue_id: q.id,
                             });
                         }
                         // Only unavailability is worth another attempt; a bad request is final.

@@ -98,7 +98,8 @@ struct SendInfo {
     calls: usize,
     first_t0: u64,
     first_ack: Option<u64>,
-    ack_offsets: BTreeSet<i64>,
+    /// Acknowledged places: (broker group and queue when known, offset).
+    ack_offsets: BTreeSet<(Option<(String, u32)>, i64)>,
 }
 
 /// A place in a queue: (broker group, topic, queue, offset).
@@ -121,6 +122,8 @@ pub fn check(events: &[Event]) -> Analysis {
     let mut slots: BTreeMap<Slot, BTreeSet<String>> = BTreeMap::new();
     let mut positions: BTreeMap<String, BTreeSet<Slot>> = BTreeMap::new();
     let mut mins: BTreeMap<String, Vec<u64>> = BTreeMap::new(); // topic → every (node, queue) min
+    // (broker group, topic, queue) → that queue's min on every node.
+    let mut queue_mins: BTreeMap<(String, String, u32), Vec<u64>> = BTreeMap::new();
     let mut ok_sends: Vec<(u64, u64)> = Vec::new(); // (t0, t1)
     let mut faults: Vec<(u64, String)> = Vec::new();
     // (consumer group, id) → deliveries (t, slot, attempt) and acks (t, ok), in history order.
@@ -160,8 +163,14 @@ pub fn check(events: &[Event]) -> Analysis {
                     ..Default::default()
                 });
                 s.calls += 1;
-                if let SendOutcome::Ok { offset } = outcome {
-                    s.ack_offsets.insert(*offset);
+                if let SendOutcome::Ok {
+                    offset,
+                    broker_group,
+                    queue,
+                } = outcome
+                {
+                    let place = broker_group.clone().zip(*queue);
+                    s.ack_offsets.insert((place, *offset));
                     if s.first_ack.is_none() {
                         s.first_ack = Some(*t1);
                     }
@@ -210,8 +219,18 @@ pub fn check(events: &[Event]) -> Analysis {
                     faults.push((*t, kind.clone()));
                 }
             }
-            Event::FinalQueue { topic, min, .. } => {
+            Event::FinalQueue {
+                broker_group,
+                topic,
+                queue,
+                min,
+                ..
+            } => {
                 mins.entry(topic.clone()).or_default().push(*min);
+                queue_mins
+                    .entry((broker_group.clone(), topic.clone(), *queue))
+                    .or_default()
+                    .push(*min);
             }
             Event::Final {
                 broker_group,
@@ -241,16 +260,23 @@ pub fn check(events: &[Event]) -> Analysis {
         .count();
 
     // Lost / expired.
+    let mut expired: BTreeSet<String> = BTreeSet::new();
     for (id, s) in &sends {
         if s.first_ack.is_none() || positions.contains_key(id) || delivered_ids.contains(id) {
             continue;
         }
-        let below_all = s.ack_offsets.iter().all(|o| {
-            mins.get(&s.topic)
-                .is_some_and(|m| !m.is_empty() && m.iter().all(|min| (*o as u64) < *min))
+        // Expired = below the first retained offset on every node: of its own queue when the
+        // receipt named it, else (older histories) of every queue of the topic.
+        let below = |m: Option<&Vec<u64>>, o: i64| {
+            m.is_some_and(|m| !m.is_empty() && m.iter().all(|min| (o as u64) < *min))
+        };
+        let below_all = s.ack_offsets.iter().all(|(place, o)| match place {
+            Some((bg, q)) => below(queue_mins.get(&(bg.clone(), s.topic.clone(), *q)), *o),
+            None => below(mins.get(&s.topic), *o),
         });
         if below_all {
             a.expired_undelivered += 1;
+            expired.insert(id.clone());
         } else {
             push(
                 &mut a.lost,
@@ -305,12 +331,15 @@ pub fn check(events: &[Event]) -> Analysis {
             continue;
         }
         if let Some(slot) = pos.iter().next() {
-            for o in &s.ack_offsets {
-                if *o >= 0 && *o as u64 != slot.3 {
+            for (place, o) in &s.ack_offsets {
+                let other_queue = place
+                    .as_ref()
+                    .is_some_and(|(bg, q)| *bg != slot.0 || *q != slot.2);
+                if *o >= 0 && (*o as u64 != slot.3 || other_queue) {
                     push(
                         &mut a.inconsistent_offsets,
                         &mut a.inconsistent_offset_count,
-                        format!("{id} acknowledged at offset {o} but stored at {slot:?}"),
+                        format!("{id} acknowledged at {place:?} offset {o} but stored at {slot:?}"),
                     );
                 }
             }
@@ -438,8 +467,11 @@ pub fn check(events: &[Event]) -> Analysis {
             // Skips: an earlier message of the group, acknowledged before this one was first
             // sent, and not delivered yet.
             if let Some(v) = by_group.get(&key) {
-                for (_, e) in v.iter().filter(|(_, e)| e.seq < s.seq) {
+                // A message retention deleted before anyone received it is expired (counted
+                // above), not skipped.
+                for (eid, e) in v.iter().filter(|(_, e)| e.seq < s.seq) {
                     if !entry.1.contains(&e.seq)
+                        && !expired.contains(*eid)
                         && !entry.2.contains(&e.seq)
                         && e.first_ack.is_some_and(|ta| ta <= s.first_t0)
                     {
@@ -574,7 +606,11 @@ mod tests {
             seq,
             attempt: 1,
             outcome: match ok {
-                Some(offset) => SendOutcome::Ok { offset },
+                Some(offset) => SendOutcome::Ok {
+                    offset,
+                    broker_group: None,
+                    queue: None,
+                },
                 None => SendOutcome::Unknown {
                     error: "timeout".into(),
                 },
@@ -677,6 +713,42 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_judged_against_the_receipts_own_queue() {
+        let mut h = subs();
+        let acked = |id: &str, queue: u32, offset: i64| Event::Send {
+            t0: 10,
+            t1: 11,
+            producer: "p1".into(),
+            id: id.into(),
+            topic: "normal".into(),
+            message_group: None,
+            seq: 0,
+            attempt: 1,
+            outcome: SendOutcome::Ok {
+                offset,
+                broker_group: Some("g1".into()),
+                queue: Some(queue),
+            },
+        };
+        // Queue 0 was trimmed to 100, queue 1 only to 5.
+        h.push(acked("a", 0, 50)); // below its own queue's min: expired
+        h.push(acked("b", 1, 50)); // above queue 1's min and never seen: lost
+        for (queue, min) in [(0, 100), (1, 5)] {
+            h.push(Event::FinalQueue {
+                broker_group: "g1".into(),
+                node: 1,
+                topic: "normal".into(),
+                queue,
+                min,
+                max: 200,
+            });
+        }
+        let a = check(&h);
+        assert_eq!((a.lost_count, a.expired_undelivered), (1, 1), "{a:#?}");
+        assert!(a.lost[0].starts_with("b "), "{:?}", a.lost);
+    }
+
+    #[test]
     fn duplicates_are_reported_and_explained_by_retries() {
         let mut h = subs();
         // "a" sent twice (a retry) and stored twice: a duplicate explained by the retry.
@@ -744,6 +816,27 @@ mod tests {
         h.push(deliver("cf", "f0", "fifo", 0, 0, 50));
         h.push(deliver("cf", "f1", "fifo", 0, 1, 60));
         assert_eq!(check(&h).safety_violations(), 0);
+
+        // A message deleted by retention before delivery is expired, not skipped over.
+        let mut h = subs();
+        h.push(send("f0", 0, g, 10, Some(0)));
+        h.push(send("f1", 1, g, 20, Some(1)));
+        h.push(Event::FinalQueue {
+            broker_group: "g1".into(),
+            node: 1,
+            topic: "fifo".into(),
+            queue: 0,
+            min: 1,
+            max: 2,
+        });
+        h.push(fin("f1", "fifo", 0, 1));
+        h.push(deliver("cf", "f1", "fifo", 0, 1, 40));
+        let a = check(&h);
+        assert_eq!(
+            (a.expired_undelivered, a.safety_violations()),
+            (1, 0),
+            "{a:#?}"
+        );
     }
 
     #[test]

@@ -78,8 +78,15 @@ pub enum Event {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SendOutcome {
-    /// Acknowledged at this queue offset.
-    Ok { offset: i64 },
+    /// Acknowledged at this queue offset (of `queue` in `broker_group`, when the client
+    /// said; histories written before those fields existed lack them).
+    Ok {
+        offset: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        broker_group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<u32>,
+    },
     /// Failed or timed out: it may or may not have been stored.
     Unknown { error: String },
 }

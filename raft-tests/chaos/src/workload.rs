@@ -104,7 +104,11 @@ async fn producer_loop(
                 seq,
                 attempt,
                 outcome: match r {
-                    Ok(rc) => SendOutcome::Ok { offset: rc.offset },
+                    Ok(rc) => SendOutcome::Ok {
+                        offset: rc.offset,
+                        broker_group: Some(rc.broker_group),
+                        queue: u32::try_from(rc.queue_id).ok(),
+                    },
                     Err(e) => SendOutcome::Unknown {
                         error: e.to_string(),
                     },
