@@ -70,10 +70,15 @@ pub struct SendReceipt {
     pub message_id: String,
     /// Queue offset.
     pub offset: i64,
-    /// Broker group the message was stored in.
+    /// Broker group this attempt addressed.
     pub broker_group: String,
-    /// Queue of that broker group.
+    /// Queue this attempt addressed. The protocol's send result does not name the queue: if an
+    /// earlier attempt of the same message id was stored after all (`attempts > 1`, or an
+    /// earlier `send` call), the broker deduplicates and `offset` is that copy's, possibly in
+    /// another queue.
     pub queue_id: i32,
+    /// Attempts this call made (1 = the first succeeded).
+    pub attempts: u32,
 }
 
 /// A received message.
@@ -386,6 +391,7 @@ impl Producer {
                                 offset: e.offset,
                                 broker_group: broker_group(q).to_string(),
                                 queue_id: q.id,
+                                attempts: attempt + 1,
                             });
                         }
                         // Only unavailability is worth another attempt; a bad request is final.

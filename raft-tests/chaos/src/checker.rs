@@ -105,6 +105,25 @@ struct SendInfo {
 /// A place in a queue: (broker group, topic, queue, offset).
 type Slot = (String, String, u32, u64);
 
+/// The (broker group, queue) an acknowledged send was stored in, when the history says so:
+/// for a message group, the one queue its messages were seen in; otherwise the queue the
+/// receipt names, but only for a single send call (a retry that the broker deduplicates is
+/// acknowledged with the first copy's offset, in whatever queue that one went to).
+fn known_queue(
+    s: &SendInfo,
+    receipt: Option<&(String, u32)>,
+    group_queues: &BTreeMap<(String, String), BTreeSet<(String, u32)>>,
+) -> Option<(String, u32)> {
+    match &s.group {
+        Some(g) => {
+            let qs = group_queues.get(&(s.topic.clone(), g.clone()))?;
+            (qs.len() == 1).then(|| qs.iter().next().cloned()).flatten()
+        }
+        None if s.calls == 1 => receipt.cloned(),
+        None => None,
+    }
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -259,6 +278,26 @@ pub fn check(events: &[Event]) -> Analysis {
         })
         .count();
 
+    // The queue(s) each message group was seen in (stored or delivered): the broker keeps a
+    // group in one queue, whichever the producer asked for.
+    let mut group_queues: BTreeMap<(String, String), BTreeSet<(String, u32)>> = BTreeMap::new();
+    let seen_at = positions
+        .iter()
+        .flat_map(|(id, p)| p.iter().map(move |slot| (id, slot)))
+        .chain(
+            deliv
+                .iter()
+                .flat_map(|((_, id), ds)| ds.iter().map(move |(_, slot, _)| (id, slot))),
+        );
+    for (id, slot) in seen_at {
+        if let Some(g) = sends.get(id).and_then(|s| s.group.clone()) {
+            group_queues
+                .entry((slot.1.clone(), g))
+                .or_default()
+                .insert((slot.0.clone(), slot.2));
+        }
+    }
+
     // Lost / expired.
     let mut expired: BTreeSet<String> = BTreeSet::new();
     for (id, s) in &sends {
@@ -270,9 +309,11 @@ pub fn check(events: &[Event]) -> Analysis {
         let below = |m: Option<&Vec<u64>>, o: i64| {
             m.is_some_and(|m| !m.is_empty() && m.iter().all(|min| (o as u64) < *min))
         };
-        let below_all = s.ack_offsets.iter().all(|(place, o)| match place {
-            Some((bg, q)) => below(queue_mins.get(&(bg.clone(), s.topic.clone(), *q)), *o),
-            None => below(mins.get(&s.topic), *o),
+        let below_all = s.ack_offsets.iter().all(|(place, o)| {
+            match known_queue(s, place.as_ref(), &group_queues) {
+                Some((bg, q)) => below(queue_mins.get(&(bg, s.topic.clone(), q)), *o),
+                None => below(mins.get(&s.topic), *o),
+            }
         });
         if below_all {
             a.expired_undelivered += 1;
@@ -332,9 +373,8 @@ pub fn check(events: &[Event]) -> Analysis {
         }
         if let Some(slot) = pos.iter().next() {
             for (place, o) in &s.ack_offsets {
-                let other_queue = place
-                    .as_ref()
-                    .is_some_and(|(bg, q)| *bg != slot.0 || *q != slot.2);
+                let other_queue = known_queue(s, place.as_ref(), &group_queues)
+                    .is_some_and(|(bg, q)| bg != slot.0 || q != slot.2);
                 if *o >= 0 && (*o as u64 != slot.3 || other_queue) {
                     push(
                         &mut a.inconsistent_offsets,

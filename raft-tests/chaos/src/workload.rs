@@ -104,11 +104,16 @@ async fn producer_loop(
                 seq,
                 attempt,
                 outcome: match r {
-                    Ok(rc) => SendOutcome::Ok {
-                        offset: rc.offset,
-                        broker_group: Some(rc.broker_group),
-                        queue: u32::try_from(rc.queue_id).ok(),
-                    },
+                    // The queue is certain only when the first attempt stored the message
+                    // (see `SendReceipt::queue_id`).
+                    Ok(rc) => {
+                        let first = rc.attempts == 1;
+                        SendOutcome::Ok {
+                            offset: rc.offset,
+                            broker_group: first.then_some(rc.broker_group),
+                            queue: u32::try_from(rc.queue_id).ok().filter(|_| first),
+                        }
+                    }
                     Err(e) => SendOutcome::Unknown {
                         error: e.to_string(),
                     },
