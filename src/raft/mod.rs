@@ -5,6 +5,7 @@
 //! openraft types lives in this module and the rest of the crate talks to our own types.
 
 pub mod consume;
+pub mod dedupe;
 pub mod grpc;
 pub mod log_store;
 pub mod network;

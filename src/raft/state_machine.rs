@@ -7,7 +7,8 @@
 //!   (topic, queue), a ConsumeQueue unit and key-index entries (`storage::dispatch`). A message
 //!   whose id is in the recent-id window was stored before (a producer retry): it is not
 //!   dispatched again and the writer gets the original's place — so a retried send is visible
-//!   once. The window is part of the replicated state.
+//!   once. The window is part of the replicated state (compact encoding: see
+//!   [`super::dedupe`]).
 //! * **internal commands** (kind [`INTERNAL_JSON_KIND`], JSON-encoded [`InternalCommand`]):
 //!   topic create/update/delete and consumer-group offsets. Everything that must survive a
 //!   failover is a log entry; nothing is synchronised out of band.
@@ -45,7 +46,7 @@
 //! at B, and every retained entry after B then arrives by ordinary replication. A snapshot
 //! therefore never skips a retained message.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -58,6 +59,7 @@ use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
 
 use super::consume::{ConsumeState, GroupConfig, HandleOutcome, Pop};
+use super::dedupe::{self, DedupeWindow};
 use super::pending::{self, HalfMessage, PendingMessage, PendingState, TxOutcome};
 use super::types::{
     CommandResponse, LogId, NodeId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -74,12 +76,12 @@ use crate::storage::record::RecordKind;
 pub const INTERNAL_JSON_KIND: u8 = RecordKind::FIRST_INTERNAL;
 
 /// How often, at most, the applied state is checkpointed. The checkpoint encodes the whole
-/// state (the recent-id window dominates it) under the apply lock, so it is kept rare; a
+/// state (the recent-id window, 28 bytes per id, dominates it) under the apply lock, so it is
+/// kept rare; a
 /// restart re-applies at most this much of the log, which is idempotent.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How many recent message ids are remembered for idempotent sends.
-pub const DEDUPE_WINDOW: usize = 100_000;
+pub use super::dedupe::DEDUPE_WINDOW;
 
 /// Read/write permission of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,51 +381,6 @@ pub fn decode_batch_result(b: &[u8]) -> Result<Vec<Place>, String> {
     Ok(out)
 }
 
-fn dedupe_key(topic: &str, id: &str) -> String {
-    format!("{topic}\u{0}{id}")
-}
-
-/// Recently stored message ids → their place, bounded, oldest evicted first.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct DedupeWindow {
-    order: VecDeque<(String, Place)>,
-    #[serde(skip)]
-    index: HashMap<String, usize>,
-    #[serde(skip)]
-    evicted: usize,
-}
-
-impl DedupeWindow {
-    fn rebuild_index(&mut self) {
-        self.evicted = 0;
-        self.index = self
-            .order
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.clone(), i))
-            .collect();
-    }
-
-    fn get(&self, id: &str) -> Option<&Place> {
-        let i = *self.index.get(id)?;
-        self.order.get(i - self.evicted).map(|(_, p)| p)
-    }
-
-    fn insert(&mut self, id: String, p: Place) {
-        self.index
-            .insert(id.clone(), self.evicted + self.order.len());
-        self.order.push_back((id, p));
-        while self.order.len() > DEDUPE_WINDOW {
-            if let Some((old, _)) = self.order.pop_front() {
-                if self.index.get(&old) == Some(&self.evicted) {
-                    self.index.remove(&old);
-                }
-                self.evicted += 1;
-            }
-        }
-    }
-}
-
 /// The replicated state (checkpointed, and carried by snapshots).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AppliedState {
@@ -569,13 +526,12 @@ impl StateMachine {
         let dir = data_dir.join("state");
         std::fs::create_dir_all(dir.join("marks")).map_err(|e| StoreError::io(&dir, e))?;
         let ck = dir.join("checkpoint.json");
-        let mut state: AppliedState = match std::fs::read(&ck) {
+        let state: AppliedState = match std::fs::read(&ck) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| StoreError::corrupt(&ck, 0, format!("unreadable checkpoint: {e}")))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => AppliedState::default(),
             Err(e) => return Err(StoreError::io(&ck, e)),
         };
-        state.dedupe.rebuild_index();
         let mut dispatcher = Dispatcher::open(data_dir, DispatchConfig::default())?;
         dispatcher.reset_to(state.dispatched)?;
         let snapshot = load_current_snapshot(&dir)?;
@@ -700,11 +656,11 @@ impl SmCore {
         let mut keep = Vec::with_capacity(views.len());
         // Newly stored messages (not retries, not broker copies), for the metrics.
         let mut fresh = Vec::with_capacity(views.len());
-        let mut batch_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut later_dups: Vec<(usize, String)> = Vec::new();
+        let mut batch_ids: std::collections::HashSet<u128> = std::collections::HashSet::new();
+        let mut later_dups: Vec<(usize, &str, u128)> = Vec::new();
         let st = &mut inner.state;
         for v in &views {
-            let key = dedupe_key(&v.topic, &v.message_id);
+            let key = dedupe::key(&v.topic, &v.message_id);
             let pending_msg = || PendingMessage {
                 topic: v.topic.to_string(),
                 message_id: v.message_id.to_string(),
@@ -717,8 +673,8 @@ impl SmCore {
                 offset: PENDING_OFFSET,
                 duplicate: false,
             };
-            let duplicate = |p: Option<&Place>| {
-                let mut p = p.cloned().unwrap_or_else(|| pending_place.clone());
+            let duplicate = |p: Option<Place>| {
+                let mut p = p.unwrap_or_else(|| pending_place.clone());
                 p.duplicate = true;
                 p
             };
@@ -726,11 +682,11 @@ impl SmCore {
             // replica makes the same one (see `pending`).
             let (slot, kept, is_fresh) = match v.msg_type {
                 MessageType::Delay if v.delivery_timestamp_ms > v.store_timestamp_ms => {
-                    match st.dedupe.get(&key) {
+                    match st.dedupe.get(&v.topic, key) {
                         Some(p) => (Some(duplicate(Some(p))), false, false),
                         None => {
                             st.pending.add_timer(v.delivery_timestamp_ms, pending_msg());
-                            st.dedupe.insert(key, pending_place.clone());
+                            st.dedupe.insert(key, v.queue_id, PENDING_OFFSET);
                             (Some(pending_place), false, true)
                         }
                     }
@@ -743,7 +699,7 @@ impl SmCore {
                 {
                     (None, true, false)
                 }
-                MessageType::TransactionHalf => match st.dedupe.get(&key) {
+                MessageType::TransactionHalf => match st.dedupe.get(&v.topic, key) {
                     Some(p) => (Some(duplicate(Some(p))), false, false),
                     None => {
                         st.pending.add_half(HalfMessage {
@@ -752,7 +708,7 @@ impl SmCore {
                             checks: 0,
                             last_check_ms: 0,
                         });
-                        st.dedupe.insert(key, pending_place.clone());
+                        st.dedupe.insert(key, v.queue_id, PENDING_OFFSET);
                         (Some(pending_place), false, true)
                     }
                 },
@@ -762,15 +718,15 @@ impl SmCore {
                         (None, true, false)
                     } else {
                         // Resolved before: this copy changes nothing.
-                        (Some(duplicate(st.dedupe.get(&key))), false, false)
+                        (Some(duplicate(st.dedupe.get(&v.topic, key))), false, false)
                     }
                 }
-                _ => match st.dedupe.get(&key) {
+                _ => match st.dedupe.get(&v.topic, key) {
                     Some(p) => (Some(duplicate(Some(p))), false, false),
                     // The same id earlier in this batch (requests are batched together, so a
                     // producer's retry can share an entry with its original): stored once.
-                    None if !batch_ids.insert(key.clone()) => {
-                        later_dups.push((places.len(), key));
+                    None if !batch_ids.insert(key) => {
+                        later_dups.push((places.len(), v.topic.as_str(), key));
                         (None, false, false)
                     }
                     None => (None, true, true),
@@ -819,20 +775,20 @@ impl SmCore {
                     .entry(x.topic)
                     .or_default()
                     .insert(x.queue_id, x.offset + 1);
-                inner
-                    .state
-                    .dedupe
-                    .insert(dedupe_key(&v.topic, &v.message_id), p.clone());
+                inner.state.dedupe.insert(
+                    dedupe::key(&v.topic, &v.message_id),
+                    x.queue_id,
+                    x.offset,
+                );
                 *slot = Some(p);
             }
         }
         // In-batch repeats get the place their first occurrence got just above.
-        for (i, key) in later_dups {
+        for (i, topic, key) in later_dups {
             let mut p = inner
                 .state
                 .dedupe
-                .get(&key)
-                .cloned()
+                .get(topic, key)
                 .ok_or_else(|| io::Error::other("in-batch duplicate without an original"))?;
             p.duplicate = true;
             if let Some(slot) = places.get_mut(i) {
@@ -1080,11 +1036,7 @@ impl SmHandle {
 
     /// The place of a message id recently stored in `topic`.
     pub fn find_duplicate(&self, topic: &str, id: &str) -> Option<Place> {
-        self.read()?
-            .state
-            .dedupe
-            .get(&dedupe_key(topic, id))
-            .cloned()
+        self.read()?.state.dedupe.get(topic, dedupe::key(topic, id))
     }
 
     /// Changes whenever an entry is applied (long polling waits on it).
@@ -1649,7 +1601,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             _ => false,
         };
         let mut state = body.state;
-        state.dedupe.rebuild_index();
         if !holds {
             let next_index = boundary.map_or(0, |b| b + 1);
             // Without the leader's restart position (see `SnapshotBody::next_pos`), continue in a
