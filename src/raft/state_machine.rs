@@ -1600,8 +1600,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .is_ok_and(|id| id.term == l.leader_id.term && id.node == l.leader_id.node_id),
             _ => false,
         };
+        // Our log may instead have been purged exactly up to the boundary: openraft re-installs
+        // the node's own latest snapshot at startup when the checkpoint is older than it (the
+        // checkpoint is written at most every CHECKPOINT_INTERVAL, retention may have purged
+        // since). The entries after the boundary are then ours and committed or not, they
+        // are the log openraft expects to find: dropping them (as the branch below does)
+        // loses committed entries on this node. Found by the chaos suite (a leader killed
+        // right after a retention pass could not restart: "Failed to get log entries").
+        let first = self.core.log.first_index().map_err(io_err)?;
+        let purged_to_boundary = !holds && boundary.is_some_and(|b| first == b + 1);
         let mut state = body.state;
-        if !holds {
+        if purged_to_boundary {
+            let next_index = first;
+            let next_pos = if next_index < self.core.log.next_index().map_err(io_err)? {
+                self.core.log.position_of(next_index).map_err(io_err)?
+            } else {
+                self.core.log.write_pos().map_err(io_err)?
+            };
+            if body.next_pos.is_some_and(|p| p != next_pos) {
+                tracing::warn!(
+                    "snapshot resumes the log at byte {:?}, this node's log at {next_pos}",
+                    body.next_pos
+                );
+            }
+            // Everything at or below the boundary is gone from this node's segments, so the
+            // queues restart at the boundary's offsets, as after a reset.
+            g.dispatcher.reset_queues(&state.next_offsets)?;
+            state.dispatched = boundary.map(|b| (b, next_pos));
+            g.dispatcher.reset_to(state.dispatched)?;
+            state.current_segment = Some(next_pos - next_pos % self.core.log.config().segment_size);
+        } else if !holds {
             let next_index = boundary.map_or(0, |b| b + 1);
             // Without the leader's restart position (see `SnapshotBody::next_pos`), continue in a
             // fresh segment of our own: record bytes stay identical, positions then differ.
