@@ -110,9 +110,31 @@ fn lock_err<T>(_: T) -> io::Error {
 impl LogStore {
     /// Open the store under `cfg.dir` (creating it), recovering the CommitLog.
     pub fn open(cfg: CommitLogConfig) -> Result<LogStore, StoreError> {
-        let meta = MetaFile::load(&cfg.dir.join("raft"))?;
+        let mut meta = MetaFile::load(&cfg.dir.join("raft"))?;
         let purged = meta.meta.last_purged.map(|l| l.index);
         let (log, recovery) = CommitLog::open(cfg, purged)?;
+        // A torn tail can cut entries this node had acknowledged and whose commit it had
+        // already recorded: openraft would then try to re-apply entries that are gone and
+        // refuse to start. Committed entries are on a quorum; this node only needs a committed
+        // id it actually holds, and learns the rest from the leader. Found by the chaos suite.
+        let next = log.next_index()?;
+        if let Some(c) = meta.meta.committed
+            && c.index >= next
+        {
+            let held = if next > log.first_index()? {
+                Some(log_id(log.id_at(next - 1)?))
+            } else {
+                meta.meta.last_purged
+            };
+            tracing::warn!(
+                target: "raftmq::storage",
+                "recorded commit point {} is past the recovered log (next index {next}); using {:?}",
+                c.index,
+                held.map(|l| l.index)
+            );
+            meta.meta.committed = held;
+            meta.persist()?;
+        }
         if let Some(at) = &recovery.torn_tail_at {
             tracing::warn!(
                 target: "raftmq::storage",
