@@ -10,19 +10,29 @@
 //! A single-node Raft group with the real `LogStore` and `StateMachine`, in process: fill
 //! several 64 KiB segments, build the retention snapshot, purge, and read before and after
 //! `after_purge`.
+//!
+//! Second regression test, same setup: a node killed right after a retention pass must come
+//! back. openraft re-installs a node's own latest snapshot at startup when the state machine's
+//! checkpoint (written at most every `CHECKPOINT_INTERVAL`) is older than it; the CommitLog then
+//! starts at boundary + 1, and `install_snapshot` used to take that for a log that does not
+//! hold the boundary and reset it, dropping every entry after the boundary (committed ones
+//! too): the restart failed with "Failed to get log entries". The node must instead restart
+//! with its log intact, lead again, re-apply everything and serve every retained message.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use raftmq::raft::consume::Pop;
-use raftmq::raft::log_store::LogStore;
+use raftmq::raft::log_store::{LogStore, RaftMeta};
 use raftmq::raft::network::{GrpcNetworkConfig, GrpcNetworkFactory};
 use raftmq::raft::state_machine::{
-    INTERNAL_JSON_KIND, InternalCommand, Perm, SmHandle, StateMachine, TopicConfig,
+    AppliedState, INTERNAL_JSON_KIND, InternalCommand, Perm, SmHandle, StateMachine, TopicConfig,
     TopicMessageType, decode_batch_result,
 };
 use raftmq::raft::{Command, NodeId, TypeConfig};
@@ -34,9 +44,14 @@ const TOPIC: &str = "purged";
 const QUEUES: u32 = 2;
 const SEGMENT: u64 = 64 << 10;
 const MESSAGES: usize = 480; // ~1 KiB each: about 8 segments
+/// Messages written after the purge, before the restart (entries past the boundary).
+const AFTER_PURGE: usize = 60;
 const PER_ENTRY: usize = 4;
 const GROUP: &str = "observer";
 const WAIT: Duration = Duration::from_secs(10);
+
+/// queue → offset → index of the message written there.
+type Written = BTreeMap<u32, BTreeMap<u64, usize>>;
 
 /// Like `NodeConfig::raft_config` in `broker/node.rs`.
 fn raft_config() -> Result<Arc<Config>> {
@@ -70,6 +85,32 @@ fn body_of(i: usize) -> Bytes {
     Bytes::from(b)
 }
 
+/// One in-process node: the Raft over the real `LogStore` and `StateMachine` in `dir`.
+struct Node {
+    raft: Raft<TypeConfig, StateMachine>,
+    sm: SmHandle,
+    log: Arc<CommitLog>,
+}
+
+async fn open_node(dir: &Path) -> Result<Node> {
+    let mut lc = CommitLogConfig::new(dir);
+    lc.segment_size = SEGMENT;
+    lc.flush = FlushMode::Sync;
+    let store = LogStore::open(lc)?;
+    let log = store.commitlog();
+    let (sm, handle) = StateMachine::open(dir, Arc::clone(&log))?;
+    // A single-member group never sends: the factory is never asked for a connection.
+    let network = GrpcNetworkFactory::new(NODE, GrpcNetworkConfig::default());
+    let raft = Raft::new(NODE, raft_config()?, network, store, sm)
+        .await
+        .map_err(|e| anyhow!("Raft::new: {e}"))?;
+    Ok(Node {
+        raft,
+        sm: handle,
+        log,
+    })
+}
+
 async fn internal(raft: &Raft<TypeConfig, StateMachine>, cmd: InternalCommand) -> Result<()> {
     raft.client_write(Command {
         kind: INTERNAL_JSON_KIND,
@@ -80,47 +121,8 @@ async fn internal(raft: &Raft<TypeConfig, StateMachine>, cmd: InternalCommand) -
     Ok(())
 }
 
-/// The ConsumeQueue's own min offset of `queue`, seen through the public consumer lag of a
-/// group that is at offset 0 (lag = max - max(ack 0, min)).
-fn cq_min(sm: &SmHandle, queue: u32) -> Result<u64> {
-    let lag = sm
-        .consumer_lag()
-        .into_iter()
-        .find(|l| l.group == GROUP && l.topic == TOPIC && l.queue == queue)
-        .context("no lag entry for the observer group")?;
-    let (_, _, max) = sm.units(TOPIC, queue, 0, 0);
-    Ok(max - lag.lag)
-}
-
-fn first_position(log: &CommitLog) -> Result<u64> {
-    Ok(log.first_position()?)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_skip_units_of_segments_purged_before_the_queues_were_trimmed() -> Result<()> {
-    let dir = tempfile::TempDir::new()?;
-    let mut lc = CommitLogConfig::new(dir.path());
-    lc.segment_size = SEGMENT;
-    lc.flush = FlushMode::Sync;
-    let store = LogStore::open(lc)?;
-    let log = store.commitlog();
-    let (sm, handle) = StateMachine::open(dir.path(), Arc::clone(&log))?;
-    // A single-member group never sends: the factory is never asked for a connection.
-    let network = GrpcNetworkFactory::new(NODE, GrpcNetworkConfig::default());
-    let raft = Raft::new(NODE, raft_config()?, network, store, sm).await?;
-    let result = scenario(&raft, &handle, &log).await;
-    raft.shutdown()
-        .await
-        .map_err(|e| anyhow!("shutdown: {e}"))?;
-    result
-}
-
-async fn scenario(
-    raft: &Raft<TypeConfig, StateMachine>,
-    sm: &SmHandle,
-    log: &CommitLog,
-) -> Result<()> {
-    // 1. A one-member group that leads.
+/// Make node 1 the only member and wait until it leads.
+async fn lead(raft: &Raft<TypeConfig, StateMachine>) -> Result<()> {
     let members = BTreeMap::from([(
         NODE,
         BasicNode {
@@ -133,9 +135,12 @@ async fn scenario(
     raft.wait(Some(WAIT))
         .state(ServerState::Leader, "node 1 leads")
         .await?;
+    Ok(())
+}
 
-    // 2. A topic with two queues, and messages filling several segments. An observer group
-    //    at offset 0 on every queue makes the ConsumeQueue's own min visible (consumer lag).
+/// A topic with two queues. An observer group at offset 0 on every queue makes the
+/// ConsumeQueue's own min visible (consumer lag).
+async fn create_topic(raft: &Raft<TypeConfig, StateMachine>) -> Result<()> {
     internal(
         raft,
         InternalCommand::UpsertTopic {
@@ -163,9 +168,18 @@ async fn scenario(
         )
         .await?;
     }
-    // queue → offset → index of the message written there.
-    let mut written: BTreeMap<u32, BTreeMap<u64, usize>> = BTreeMap::new();
-    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(PER_ENTRY) {
+    Ok(())
+}
+
+/// Write messages `range`, `PER_ENTRY` to a log entry, recording where each one went in
+/// `written`. Returns the log index of the last entry written.
+async fn write_messages(
+    raft: &Raft<TypeConfig, StateMachine>,
+    range: Range<usize>,
+    written: &mut Written,
+) -> Result<u64> {
+    let mut last = None;
+    for chunk in range.collect::<Vec<_>>().chunks(PER_ENTRY) {
         let batch: Vec<NewMessage> = chunk
             .iter()
             .map(|&i| NewMessage {
@@ -203,9 +217,14 @@ async fn scenario(
                 p.queue
             );
         }
+        last = Some(r.log_id.index);
     }
-    // Where each unit points, read while everything is still held.
-    let mut positions: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    last.context("no message to write")
+}
+
+/// Where each unit points (queue → (offset, position)), read while everything is still held.
+fn unit_positions(sm: &SmHandle, written: &Written) -> Result<BTreeMap<u32, Vec<(u64, u64)>>> {
+    let mut positions = BTreeMap::new();
     for queue in 0..QUEUES {
         let (msgs, min, max) = sm.read_queue(TOPIC, queue, 0, MESSAGES)?;
         let offsets = &written[&queue];
@@ -216,6 +235,117 @@ async fn scenario(
         ensure!(msgs.len() == offsets.len());
         positions.insert(queue, msgs.iter().map(|(o, pos, _)| (*o, *pos)).collect());
     }
+    Ok(positions)
+}
+
+/// Retention's snapshot and purge, as `Node::run_retention` does (without `after_purge`).
+/// Returns the index of the snapshot openraft built.
+async fn snapshot_and_purge(raft: &Raft<TypeConfig, StateMachine>, boundary: u64) -> Result<u64> {
+    raft.trigger()
+        .snapshot()
+        .await
+        .map_err(|e| anyhow!("trigger snapshot: {e}"))?;
+    let m = raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= boundary),
+            "snapshot at the boundary",
+        )
+        .await?;
+    let snapshot = m.snapshot.map(|s| s.index).context("no snapshot")?;
+    raft.trigger()
+        .purge_log(boundary)
+        .await
+        .map_err(|e| anyhow!("trigger purge: {e}"))?;
+    raft.wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= boundary),
+            "log purged to the boundary",
+        )
+        .await?;
+    Ok(snapshot)
+}
+
+/// The first offset of `queue` whose message is still held (position at or past `first`).
+fn readable_min(positions: &BTreeMap<u32, Vec<(u64, u64)>>, queue: u32, first: u64) -> Result<u64> {
+    positions[&queue]
+        .iter()
+        .find(|(_, pos)| *pos >= first)
+        .map(|(o, _)| *o)
+        .context("every message of the queue was purged")
+}
+
+/// `read_queue` from offset 0 returns exactly offsets `expect_min..` (every message written to
+/// the queue from there on), each the message written at that offset.
+fn check_queue(sm: &SmHandle, written: &Written, queue: u32, expect_min: u64) -> Result<()> {
+    let offsets = &written[&queue];
+    let max = offsets.len() as u64;
+    let (msgs, min, max_off) = sm
+        .read_queue(TOPIC, queue, 0, offsets.len())
+        .with_context(|| format!("read_queue({TOPIC}, {queue}, 0)"))?;
+    ensure!(
+        min == expect_min && max_off == max,
+        "queue {queue}: read_queue reports {min}..{max_off}, expected {expect_min}..{max}"
+    );
+    let got: Vec<u64> = msgs.iter().map(|(o, _, _)| *o).collect();
+    let want: Vec<u64> = (expect_min..max).collect();
+    ensure!(
+        got == want,
+        "queue {queue}: offsets {got:?}, expected {want:?}"
+    );
+    for (offset, _, m) in &msgs {
+        let i = offsets[offset];
+        ensure!(
+            m.message_id.as_str() == id_of(i) && m.body == body_of(i) && m.queue_id == queue,
+            "queue {queue} offset {offset}: got {}, expected {}",
+            m.message_id.as_str(),
+            id_of(i)
+        );
+    }
+    Ok(())
+}
+
+/// The ConsumeQueue's own min offset of `queue`, seen through the public consumer lag of a
+/// group that is at offset 0 (lag = max - max(ack 0, min)).
+fn cq_min(sm: &SmHandle, queue: u32) -> Result<u64> {
+    let lag = sm
+        .consumer_lag()
+        .into_iter()
+        .find(|l| l.group == GROUP && l.topic == TOPIC && l.queue == queue)
+        .context("no lag entry for the observer group")?;
+    let (_, _, max) = sm.units(TOPIC, queue, 0, 0);
+    Ok(max - lag.lag)
+}
+
+fn first_position(log: &CommitLog) -> Result<u64> {
+    Ok(log.first_position()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_skip_units_of_segments_purged_before_the_queues_were_trimmed() -> Result<()> {
+    let dir = tempfile::TempDir::new()?;
+    let node = open_node(dir.path()).await?;
+    let result = scenario(&node.raft, &node.sm, &node.log).await;
+    node.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    result
+}
+
+async fn scenario(
+    raft: &Raft<TypeConfig, StateMachine>,
+    sm: &SmHandle,
+    log: &CommitLog,
+) -> Result<()> {
+    // 1. A one-member group that leads.
+    lead(raft).await?;
+
+    // 2. A topic with two queues, and messages filling several segments.
+    create_topic(raft).await?;
+    let mut written = Written::new();
+    write_messages(raft, 0..MESSAGES, &mut written).await?;
+    let positions = unit_positions(sm, &written)?;
     let segments_before = log.segment_files()?;
     let first_before = first_position(log)?;
     ensure!(
@@ -229,26 +359,7 @@ async fn scenario(
     let boundary = sm
         .retention_boundary(None, Some(2 * SEGMENT))?
         .context("retention boundary: nothing due")?;
-    raft.trigger()
-        .snapshot()
-        .await
-        .map_err(|e| anyhow!("trigger snapshot: {e}"))?;
-    raft.wait(Some(WAIT))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= boundary),
-            "snapshot at the boundary",
-        )
-        .await?;
-    raft.trigger()
-        .purge_log(boundary)
-        .await
-        .map_err(|e| anyhow!("trigger purge: {e}"))?;
-    raft.wait(Some(WAIT))
-        .metrics(
-            |m| m.purged.is_some_and(|p| p.index >= boundary),
-            "log purged to the boundary",
-        )
-        .await?;
+    snapshot_and_purge(raft, boundary).await?;
     let segments_after = log.segment_files()?;
     let first = first_position(log)?;
     ensure!(
@@ -275,36 +386,10 @@ async fn scenario(
     let mut readable: BTreeMap<u32, u64> = BTreeMap::new();
     for queue in 0..QUEUES {
         let offsets = &written[&queue];
-        let expect_min = positions[&queue]
-            .iter()
-            .find(|(_, pos)| *pos >= first)
-            .map(|(o, _)| *o)
-            .context("every message of the queue was purged")?;
+        let expect_min = readable_min(&positions, queue, first)?;
         ensure!(expect_min > 0, "queue {queue}: nothing of it was purged");
         let max = offsets.len() as u64;
-
-        let (msgs, min, max_off) = sm
-            .read_queue(TOPIC, queue, 0, MESSAGES)
-            .with_context(|| format!("read_queue({TOPIC}, {queue}, 0) after the purge"))?;
-        ensure!(
-            min == expect_min && max_off == max,
-            "queue {queue}: read_queue reports {min}..{max_off}, expected {expect_min}..{max}"
-        );
-        let got: Vec<u64> = msgs.iter().map(|(o, _, _)| *o).collect();
-        let want: Vec<u64> = (expect_min..max).collect();
-        ensure!(
-            got == want,
-            "queue {queue}: offsets {got:?}, expected {want:?}"
-        );
-        for (offset, _, m) in &msgs {
-            let i = offsets[offset];
-            ensure!(
-                m.message_id.as_str() == id_of(i) && m.body == body_of(i) && m.queue_id == queue,
-                "queue {queue} offset {offset}: got {}, expected {}",
-                m.message_id.as_str(),
-                id_of(i)
-            );
-        }
+        check_queue(sm, &written, queue, expect_min).context("after the purge")?;
         // Reading from an offset inside the purged range starts at the same place.
         let (from_mid, _, _) = sm.read_queue(TOPIC, queue, expect_min / 2, 1)?;
         ensure!(from_mid.first().map(|(o, _, _)| *o) == Some(expect_min));
@@ -336,6 +421,213 @@ async fn scenario(
         }
         let (msgs, min, _) = sm.read_queue(TOPIC, queue, 0, MESSAGES)?;
         ensure!(min == want && msgs.first().map(|(o, _, _)| *o) == Some(want));
+    }
+    Ok(())
+}
+
+/// What the node wrote and purged before it was killed.
+struct BeforeRestart {
+    written: Written,
+    boundary: u64,
+    snapshot: u64,
+    /// queue → first offset still held after the purge.
+    readable: BTreeMap<u32, u64>,
+    /// Log index of the last entry written.
+    last: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_retention_keeps_the_log_past_the_boundary() -> Result<()> {
+    let dir = tempfile::TempDir::new()?;
+
+    // Run 1: write, retention (snapshot + purge + after_purge), write more, then stop.
+    let node = open_node(dir.path()).await?;
+    let before = before_restart(&node).await;
+    let shutdown = node.raft.shutdown().await;
+    // Stop like a kill: no `SmHandle::checkpoint_now` (the clean-shutdown checkpoint).
+    // Dropping the handles still runs `LogStore`'s and `CommitLog`'s `Drop` (see
+    // `old_store_dropped`).
+    let old_log = Arc::downgrade(&node.log);
+    drop(node);
+    let before = before?;
+    shutdown.map_err(|e| anyhow!("shutdown: {e}"))?;
+    old_store_dropped(old_log).await?;
+
+    // The scenario of the bug: the state machine's checkpoint is older than the snapshot, so
+    // openraft re-installs the snapshot at startup, over a log that starts at boundary + 1.
+    let checkpointed = checkpointed_index(dir.path())?;
+    ensure!(
+        checkpointed.is_none_or(|c| c < before.snapshot),
+        "the checkpoint covers the snapshot ({checkpointed:?} >= {}): the scenario did not arise",
+        before.snapshot
+    );
+    let meta: RaftMeta =
+        serde_json::from_slice(&std::fs::read(dir.path().join("raft").join("meta.json"))?)?;
+    println!(
+        "stopped: boundary {}, snapshot {}, last index {}, checkpoint at {checkpointed:?}, \
+         committed {:?} on disk",
+        before.boundary,
+        before.snapshot,
+        before.last,
+        meta.committed.map(|c| c.index)
+    );
+
+    // Run 2: the same directory, no `initialize`.
+    let node = open_node(dir.path())
+        .await
+        .context("restart after the retention pass")?;
+    let result = after_restart(&node, dir.path(), before).await;
+    node.raft
+        .shutdown()
+        .await
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    result
+}
+
+async fn before_restart(node: &Node) -> Result<BeforeRestart> {
+    let Node { raft, sm, log } = node;
+    lead(raft).await?;
+    create_topic(raft).await?;
+    let mut written = Written::new();
+    write_messages(raft, 0..MESSAGES, &mut written).await?;
+    let positions = unit_positions(sm, &written)?;
+    let segments_before = log.segment_files()?.len();
+
+    // Retention, as `Node::run_retention` does it.
+    let boundary = sm
+        .retention_boundary(None, Some(2 * SEGMENT))?
+        .context("retention boundary: nothing due")?;
+    let snapshot = snapshot_and_purge(raft, boundary).await?;
+    ensure!(
+        snapshot == boundary,
+        "snapshot at {snapshot}, boundary {boundary}"
+    );
+    sm.after_purge()?;
+    let segments_after = log.segment_files()?.len();
+    ensure!(
+        segments_after < segments_before,
+        "no segment was deleted: {segments_before} -> {segments_after} segments"
+    );
+    ensure!(
+        log.first_index()? == boundary + 1,
+        "log starts at {}, not right after the boundary {boundary}",
+        log.first_index()?
+    );
+    let first = first_position(log)?;
+    let mut readable = BTreeMap::new();
+    for queue in 0..QUEUES {
+        let min = readable_min(&positions, queue, first)?;
+        ensure!(min > 0, "queue {queue}: nothing of it was purged");
+        readable.insert(queue, min);
+    }
+
+    // Committed entries past the boundary: the ones the buggy snapshot install dropped.
+    let last = write_messages(raft, MESSAGES..MESSAGES + AFTER_PURGE, &mut written).await?;
+    raft.wait(Some(WAIT))
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| l.index >= last),
+            "writes after the purge applied",
+        )
+        .await?;
+    for queue in 0..QUEUES {
+        check_queue(sm, &written, queue, readable[&queue]).context("before the restart")?;
+    }
+    println!(
+        "boundary {boundary}: {segments_before} -> {segments_after} segments, last index {last}, \
+         readable from {readable:?}"
+    );
+    Ok(BeforeRestart {
+        written,
+        boundary,
+        snapshot,
+        readable,
+        last,
+    })
+}
+
+async fn after_restart(node: &Node, dir: &Path, before: BeforeRestart) -> Result<()> {
+    let Node { raft, sm, log } = node;
+    let BeforeRestart {
+        mut written,
+        boundary,
+        snapshot,
+        readable,
+        last,
+    } = before;
+    raft.wait(Some(WAIT))
+        .state(ServerState::Leader, "node 1 leads again")
+        .await?;
+    raft.wait(Some(WAIT))
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| l.index >= last),
+            "every entry written before the restart applied again",
+        )
+        .await?;
+    // The startup did re-install the snapshot (it checkpoints the installed state).
+    let checkpointed = checkpointed_index(dir)?;
+    ensure!(
+        checkpointed.is_some_and(|c| c >= snapshot),
+        "checkpoint at {checkpointed:?} after the restart: the snapshot at {snapshot} was not \
+         re-installed, the scenario did not arise"
+    );
+
+    // The log was kept, not reset.
+    let (first_index, next_index) = (log.first_index()?, log.next_index()?);
+    ensure!(
+        first_index == boundary + 1 && next_index > last,
+        "log holds {first_index}..{next_index} after the restart, expected {}..>{last}",
+        boundary + 1
+    );
+    for queue in 0..QUEUES {
+        check_queue(sm, &written, queue, readable[&queue]).context("after the restart")?;
+        ensure!(
+            cq_min(sm, queue)? == readable[&queue],
+            "queue {queue}: ConsumeQueue min {} after the restart, readable min {}",
+            cq_min(sm, queue)?,
+            readable[&queue]
+        );
+    }
+
+    // And the node keeps going.
+    let from = MESSAGES + AFTER_PURGE;
+    let next = write_messages(raft, from..from + PER_ENTRY, &mut written).await?;
+    ensure!(next > last, "write after the restart at index {next}");
+    for queue in 0..QUEUES {
+        check_queue(sm, &written, queue, readable[&queue]).context("after a further write")?;
+    }
+    println!(
+        "restarted: log {first_index}..{next_index}, checkpoint at {checkpointed:?}, \
+         new write at index {next}"
+    );
+    Ok(())
+}
+
+/// `last_applied` of `state/checkpoint.json`, if there is one.
+fn checkpointed_index(dir: &Path) -> Result<Option<u64>> {
+    let p = dir.join("state").join("checkpoint.json");
+    match std::fs::read(&p) {
+        Ok(b) => {
+            let st: AppliedState = serde_json::from_slice(&b).context("checkpoint.json")?;
+            Ok(st.last_applied.map(|l| l.index))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("checkpoint.json"),
+    }
+}
+
+/// Wait until the first run's CommitLog (and so its `LogStore` and state machine, which hold
+/// it) is gone before the directory is opened again. openraft owns the `LogStore`, so its
+/// `Drop` cannot be skipped: it writes `raft/meta.json` if changed, i.e. the committed id,
+/// which a kill would have on disk too, at most `COMMITTED_PERSIST_INTERVAL` behind. The
+/// CommitLog's `Drop` syncs what `FlushMode::Sync` already synced. The state machine has no
+/// `Drop`: no checkpoint is written.
+async fn old_store_dropped(log: Weak<CommitLog>) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while log.strong_count() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the first run's CommitLog is still open after shutdown");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
