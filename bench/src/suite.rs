@@ -1154,7 +1154,7 @@ fn meta_markdown(m: &Meta) -> String {
     );
     let _ = writeln!(
         s,
-        "- raftmq: nameserver + 3 brokers (`--flush sync`: ack after a quorum fsync'd; `async`: fsync every 10 ms), topic with {} queues; the client sends through the route's entries round robin, so 2/3 of sends reach a follower and are forwarded to the leader",
+        "- raftmq: nameserver + 3 brokers (`--flush sync`: ack after a quorum fsync'd; `async`: fsync every 10 ms), topic with {} queues; the client's first attempt goes to the leader's route entry of the chosen queue (the route lists the leader first); retries use every member",
         m.queues
     );
     if m.nats_version.is_some() {
