@@ -186,8 +186,12 @@ pub fn check(events: &[Event]) -> Analysis {
                     offset,
                     broker_group,
                     queue,
+                    attempts,
                 } = outcome
                 {
+                    // The client's own retries inside the call (to another node, possibly of
+                    // another broker group, where the id is not deduplicated) count as sends.
+                    s.calls += attempts.unwrap_or(1).saturating_sub(1) as usize;
                     let place = broker_group.clone().zip(*queue);
                     s.ack_offsets.insert((place, *offset));
                     if s.first_ack.is_none() {
@@ -650,6 +654,7 @@ mod tests {
                     offset,
                     broker_group: None,
                     queue: None,
+                    attempts: None,
                 },
                 None => SendOutcome::Unknown {
                     error: "timeout".into(),
@@ -768,6 +773,7 @@ mod tests {
                 offset,
                 broker_group: Some("g1".into()),
                 queue: Some(queue),
+                attempts: Some(1),
             },
         };
         // Queue 0 was trimmed to 100, queue 1 only to 5.
@@ -877,6 +883,43 @@ mod tests {
             (1, 0),
             "{a:#?}"
         );
+    }
+
+    #[test]
+    fn a_copy_in_another_group_from_a_client_retry_is_explained() {
+        let mut h = subs();
+        h.push(Event::Send {
+            t0: 10,
+            t1: 11,
+            producer: "p1".into(),
+            id: "a".into(),
+            topic: "normal".into(),
+            message_group: None,
+            seq: 0,
+            attempt: 1,
+            outcome: SendOutcome::Ok {
+                offset: 4,
+                broker_group: None,
+                queue: None,
+                attempts: Some(2),
+            },
+        });
+        h.push(fin("a", "normal", 0, 7));
+        h.push(Event::Final {
+            broker_group: "g2".into(),
+            node: 1,
+            topic: "normal".into(),
+            queue: 1,
+            offset: 4,
+            id: "a".into(),
+        });
+        let a = check(&h);
+        assert_eq!(
+            (a.stored_duplicates, a.stored_duplicates_explained_by_retry),
+            (1, 1),
+            "{a:#?}"
+        );
+        assert_eq!(a.inconsistent_offset_count, 0, "{a:#?}");
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum SendOutcome {
         broker_group: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         queue: Option<u32>,
+        /// Attempts the client made inside this call (each may have stored a copy).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempts: Option<u32>,
     },
     /// Failed or timed out: it may or may not have been stored.
     Unknown { error: String },

@@ -112,6 +112,7 @@ async fn producer_loop(
                             offset: rc.offset,
                             broker_group: first.then_some(rc.broker_group),
                             queue: u32::try_from(rc.queue_id).ok().filter(|_| first),
+                            attempts: Some(rc.attempts),
                         }
                     }
                     Err(e) => SendOutcome::Unknown {
