@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Opts, message, offline};
+use common::{Cluster, Opts, message};
 use raftmq::proto::raftmq::admin as pb;
 
 /// A writer that sends one message per request, moving to another node when one fails, and
@@ -166,23 +166,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         .expect("status")
         .committed
         .expect("committed");
-    for id in 1..=3 {
-        c.stop(id);
-    }
-    let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
-    for (index, rec) in logs[(new_leader - 1) as usize]
-        .iter()
-        .filter(|(i, _)| **i <= committed)
-    {
-        for (k, other) in logs.iter().enumerate() {
-            assert_eq!(
-                other.get(index),
-                Some(rec),
-                "index {index} differs on node {}",
-                k + 1
-            );
-        }
-    }
+    c.stop_and_compare_logs(new_leader, committed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,18 +326,5 @@ async fn a_restarted_leader_with_a_torn_tail_does_not_reuse_indexes() {
         assert_eq!(ids.len(), 80, "node {id} holds {} messages", ids.len());
         assert_eq!(unique.len(), 80, "node {id} holds a message twice");
     }
-    for id in 1..=3 {
-        c.stop(id);
-    }
-    let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
-    for (index, rec) in logs[0].iter().filter(|(i, _)| **i <= committed) {
-        for (k, other) in logs.iter().enumerate() {
-            assert_eq!(
-                other.get(index),
-                Some(rec),
-                "index {index} differs on node {}",
-                k + 1
-            );
-        }
-    }
+    c.stop_and_compare_logs(1, committed);
 }

@@ -293,21 +293,5 @@ async fn a_follower_that_lost_acknowledged_entries_does_not_stop_the_leader() {
         .expect("status")
         .committed
         .expect("committed");
-    for id in 1..=3 {
-        c.stop(id);
-    }
-    let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
-    for (index, rec) in logs[(leader - 1) as usize]
-        .iter()
-        .filter(|(i, _)| **i <= committed)
-    {
-        for (k, other) in logs.iter().enumerate() {
-            assert_eq!(
-                other.get(index),
-                Some(rec),
-                "index {index} differs on node {}",
-                k + 1
-            );
-        }
-    }
+    c.stop_and_compare_logs(leader, committed);
 }

@@ -100,25 +100,7 @@ async fn twenty_thousand_messages_identical_on_all_replicas() {
     let status = c.status(leader).await.expect("status");
     let committed = status.committed.expect("committed");
 
-    for id in 1..=3 {
-        c.stop(id);
-    }
-    let logs: Vec<_> = (1..=3).map(|id| offline::records(c.dir(id))).collect();
-    let mut compared = 0;
-    for (index, rec) in &logs[0] {
-        if *index > committed {
-            continue;
-        }
-        for (k, other) in logs.iter().enumerate().skip(1) {
-            assert_eq!(
-                other.get(index),
-                Some(rec),
-                "index {index} differs on node {}",
-                k + 1
-            );
-        }
-        compared += 1;
-    }
+    let compared = c.stop_and_compare_logs(1, committed);
     // The leader's group commit may merge concurrent requests into one entry (at most
     // `MAX_BATCH_MESSAGES` messages each), so fewer entries than requests is expected.
     assert!(

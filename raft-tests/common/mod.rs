@@ -157,6 +157,32 @@ impl Cluster {
     }
 
     /// SIGTERM a node and wait for it to exit (bounded; SIGKILL after 20 s).
+    /// Stop every node and assert that each entry up to `committed` in node `reference`'s
+    /// log is byte-identical at the same position on every node; returns how many entries
+    /// were compared.
+    pub fn stop_and_compare_logs(&mut self, reference: u64, committed: u64) -> usize {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.stop(*id);
+        }
+        let logs: BTreeMap<u64, _> = ids
+            .iter()
+            .map(|id| (*id, offline::records(self.dir(*id))))
+            .collect();
+        let mut compared = 0;
+        for (index, rec) in logs[&reference].iter().filter(|(i, _)| **i <= committed) {
+            for (id, other) in &logs {
+                assert_eq!(
+                    other.get(index),
+                    Some(rec),
+                    "index {index} differs on node {id}"
+                );
+            }
+            compared += 1;
+        }
+        compared
+    }
+
     pub fn stop(&mut self, id: u64) {
         if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
             // SAFETY: plain kill(2) on our own child's pid.
