@@ -715,6 +715,26 @@ mod tests {
         ]
     }
 
+    /// A normal message acknowledged at `offset`, with the receipt's place and attempts.
+    fn acked(id: &str, offset: i64, place: Option<(&str, u32)>, attempts: u32) -> Event {
+        Event::Send {
+            t0: 10,
+            t1: 11,
+            producer: "p1".into(),
+            id: id.into(),
+            topic: "normal".into(),
+            message_group: None,
+            seq: 0,
+            attempt: 1,
+            outcome: SendOutcome::Ok {
+                offset,
+                broker_group: place.map(|(g, _)| g.to_string()),
+                queue: place.map(|(_, q)| q),
+                attempts: Some(attempts),
+            },
+        }
+    }
+
     #[test]
     fn a_clean_history_has_no_violations() {
         let mut h = subs();
@@ -772,25 +792,9 @@ mod tests {
     #[test]
     fn expiry_is_judged_against_the_receipts_own_queue() {
         let mut h = subs();
-        let acked = |id: &str, queue: u32, offset: i64| Event::Send {
-            t0: 10,
-            t1: 11,
-            producer: "p1".into(),
-            id: id.into(),
-            topic: "normal".into(),
-            message_group: None,
-            seq: 0,
-            attempt: 1,
-            outcome: SendOutcome::Ok {
-                offset,
-                broker_group: Some("g1".into()),
-                queue: Some(queue),
-                attempts: Some(1),
-            },
-        };
         // Queue 0 was trimmed to 100, queue 1 only to 5.
-        h.push(acked("a", 0, 50)); // below its own queue's min: expired
-        h.push(acked("b", 1, 50)); // above queue 1's min and never seen: lost
+        h.push(acked("a", 50, Some(("g1", 0)), 1)); // below its own queue's min: expired
+        h.push(acked("b", 50, Some(("g1", 1)), 1)); // above queue 1's min and never seen: lost
         for (queue, min) in [(0, 100), (1, 5)] {
             h.push(Event::FinalQueue {
                 broker_group: "g1".into(),
@@ -900,22 +904,7 @@ mod tests {
     #[test]
     fn a_copy_in_another_group_from_a_client_retry_is_explained() {
         let mut h = subs();
-        h.push(Event::Send {
-            t0: 10,
-            t1: 11,
-            producer: "p1".into(),
-            id: "a".into(),
-            topic: "normal".into(),
-            message_group: None,
-            seq: 0,
-            attempt: 1,
-            outcome: SendOutcome::Ok {
-                offset: 4,
-                broker_group: None,
-                queue: None,
-                attempts: Some(2),
-            },
-        });
+        h.push(acked("a", 4, None, 2));
         h.push(fin("a", "normal", 0, 7));
         h.push(Event::Final {
             broker_group: "g2".into(),
@@ -936,22 +925,7 @@ mod tests {
         // The same, but the first copy was delivered and then trimmed by retention: only the
         // other group's copy is in the final read.
         let mut h = subs();
-        h.push(Event::Send {
-            t0: 10,
-            t1: 11,
-            producer: "p1".into(),
-            id: "a".into(),
-            topic: "normal".into(),
-            message_group: None,
-            seq: 0,
-            attempt: 1,
-            outcome: SendOutcome::Ok {
-                offset: 77,
-                broker_group: None,
-                queue: None,
-                attempts: Some(2),
-            },
-        });
+        h.push(acked("a", 77, None, 2));
         h.push(deliver("cg", "a", "normal", 1, 77, 20));
         h.push(Event::FinalQueue {
             broker_group: "g1".into(),
