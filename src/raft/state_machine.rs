@@ -1182,6 +1182,10 @@ impl SmHandle {
         let Ok(first) = self.core.log.first_position() else {
             return lo;
         };
+        // The common case (nothing purged under the queue): one lookup, no search.
+        if cq.get(topic, queue, lo).is_none_or(|u| u.pos >= first) {
+            return lo;
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match cq.get(topic, queue, mid) {
