@@ -149,6 +149,25 @@ async fn ops_commands_report_what_was_done() {
         "{v}"
     );
 
+    // Update replaces the settings: the list shows the new ones.
+    let (ok, v, out) = admin(
+        &env,
+        &["group", "update", "og", "--max-attempts", "7", "--fifo"],
+    );
+    assert!(ok && v["ok"] == true, "{out}");
+    let (ok, v, out) = admin(&env, &["group", "list"]);
+    assert!(ok, "{out}");
+    let og = v["consumer_groups"]
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["name"] == "og"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&og["max_delivery_attempts"], &og["fifo"]),
+        (&Value::from(7), &Value::from(true)),
+        "{v}"
+    );
+
     let (ok, v, out) = admin(&env, &["group", "delete", "og"]);
     assert!(ok && v["ok"] == true, "{out}");
     let (_, v, _) = admin(&env, &["group", "list"]);

@@ -246,7 +246,7 @@ impl MessagingSvc {
             .to_string()
     }
 
-    async fn send_local(&self, node: &Node, msgs: Vec<v2::Message>) -> v2::SendMessageResponse {
+    async fn send_local(&self, node: &Node, msgs: &[v2::Message]) -> v2::SendMessageResponse {
         let fail = |st: v2::Status, n: usize| v2::SendMessageResponse {
             status: Some(st.clone()),
             entries: (0..n)
@@ -261,7 +261,8 @@ impl MessagingSvc {
         }
         let n = msgs.len();
         let mut req = pb::ProduceRequest::default();
-        for m in &msgs {
+        let no_props = v2::SystemProperties::default();
+        for m in msgs {
             let topic_name = m.topic.as_ref().map(|t| t.name.clone()).unwrap_or_default();
             let Some(topic) = node.sm.topic(&topic_name) else {
                 return fail(
@@ -281,7 +282,7 @@ impl MessagingSvc {
                     n,
                 );
             }
-            let sp = m.system_properties.clone().unwrap_or_default();
+            let sp = m.system_properties.as_ref().unwrap_or(&no_props);
             if sp.message_id.is_empty() {
                 return fail(
                     status(v2::Code::IllegalMessageId, "message id is required"),
@@ -756,9 +757,9 @@ impl MessagingService for MessagingSvc {
     ) -> Result<Response<v2::SendMessageResponse>, Status> {
         let node = self.node()?;
         let forwarded = req.metadata().get(FORWARDED).is_some();
-        let md = Self::forward_metadata(req.metadata());
         let client_id = Self::client_id(&req);
-        let msgs = req.into_inner().messages;
+        let (meta, _, body) = req.into_parts();
+        let msgs = body.messages;
         for m in &msgs {
             if let Some(t) = &m.topic {
                 self.sessions.add_topic(&client_id, &t.name);
@@ -772,7 +773,7 @@ impl MessagingService for MessagingSvc {
             let reply = match node.route() {
                 Ok(Route::Local) => {
                     tried = Some(node.config.node_id);
-                    self.send_local(&node, msgs.clone()).await
+                    self.send_local(&node, &msgs).await
                 }
                 Ok(Route::Leader(id, addr)) if !forwarded => {
                     tried = Some(id);
@@ -780,7 +781,7 @@ impl MessagingService for MessagingSvc {
                     let mut fwd = Request::new(v2::SendMessageRequest {
                         messages: msgs.clone(),
                     });
-                    *fwd.metadata_mut() = md.clone();
+                    *fwd.metadata_mut() = Self::forward_metadata(&meta);
                     match c.send_message(fwd).await {
                         // Only the message: the leader's response headers must not be re-sent.
                         Ok(r) => r.into_inner(),

@@ -390,7 +390,11 @@ impl Node {
         let mut raft_index = 0;
         let mut stored: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
         if !msgs.is_empty() {
-            let batch: Vec<NewMessage> = msgs.iter().map(|(_, m)| m.clone()).collect();
+            // The batch takes the messages; only their ids stay for the results.
+            let (ids, batch): (Vec<(usize, String)>, Vec<NewMessage>) = msgs
+                .into_iter()
+                .map(|(i, m)| ((i, m.message_id.clone()), m))
+                .unzip();
             // Concurrent requests share Raft entries (see `batcher`).
             let Some(batcher) = self.batcher.get() else {
                 return Err(BrokerError::Internal(
@@ -402,16 +406,16 @@ impl Node {
                 Err(route) => return Ok(Err(route)),
             };
             raft_index = index;
-            if places.len() != msgs.len() {
+            if places.len() != ids.len() {
                 return Err(BrokerError::Internal(
                     "apply result does not match the batch".into(),
                 ));
             }
-            for ((i, m), p) in msgs.into_iter().zip(places) {
+            for ((i, message_id), p) in ids.into_iter().zip(places) {
                 stored.insert(
                     i,
                     pb::ProduceResult {
-                        message_id: m.message_id,
+                        message_id,
                         topic: p.topic,
                         queue_id: p.queue,
                         offset: if p.offset == state_machine::PENDING_OFFSET {

@@ -9,8 +9,8 @@
 //!   invisibility.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -222,16 +222,17 @@ fn broker_group(q: &v2::MessageQueue) -> &str {
 /// The entry a message goes to: round robin over all entries, except that a message with a
 /// message group always goes to the same broker group (chosen by a hash of the message group;
 /// FIFO order holds only within one group's queue) and round robin over that group's members.
-fn pick_entry<'a>(
-    writable: &[&'a v2::MessageQueue],
+fn pick_entry<'a, T>(
+    writable: &'a [T],
+    group_of: impl Fn(&T) -> &str,
     message_group: Option<&str>,
     mut next: impl FnMut() -> u64,
-) -> &'a v2::MessageQueue {
+) -> &'a T {
     let n = next() as usize;
     let Some(mg) = message_group else {
-        return writable[n % writable.len()];
+        return &writable[n % writable.len()];
     };
-    let mut groups: Vec<&str> = writable.iter().map(|q| broker_group(q)).collect();
+    let mut groups: Vec<&str> = writable.iter().map(&group_of).collect();
     groups.sort_unstable();
     groups.dedup();
     // FNV-1a: stable across processes and releases.
@@ -239,18 +240,70 @@ fn pick_entry<'a>(
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     let g = groups[(h % groups.len() as u64) as usize];
-    let members: Vec<&'a v2::MessageQueue> = writable
-        .iter()
-        .copied()
-        .filter(|q| broker_group(q) == g)
-        .collect();
+    let members: Vec<&'a T> = writable.iter().filter(|q| group_of(q) == g).collect();
     members[n % members.len()]
+}
+
+/// One writable route entry, resolved once per route lookup so that a send does no string
+/// formatting, map lookup or route copy (the client's CPU per message matters: it shares the
+/// machine with the brokers in every benchmark and in most deployments' sidecars).
+struct SendTarget {
+    queue_id: i32,
+    broker_group: Arc<str>,
+    addr: Arc<str>,
+    client: MessagingServiceClient<Channel>,
+}
+
+/// A topic's writable entries: `first` holds the first entry of each (broker group, queue) —
+/// routes list the leader first, so a first attempt normally skips a follower's forwarding
+/// hop — and `all` every member, for retries.
+struct TopicRoute {
+    first: Vec<Arc<SendTarget>>,
+    all: Vec<Arc<SendTarget>>,
+}
+
+impl TopicRoute {
+    fn build(
+        topic: &str,
+        queues: &[v2::MessageQueue],
+        ch: &Channels,
+    ) -> Result<TopicRoute, ClientError> {
+        let mut all = Vec::new();
+        let mut first = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for q in queues {
+            if q.permission != v2::Permission::ReadWrite as i32
+                && q.permission != v2::Permission::Write as i32
+            {
+                continue;
+            }
+            let Some(addr) = endpoint_of(q) else {
+                continue;
+            };
+            let t = Arc::new(SendTarget {
+                queue_id: q.id,
+                broker_group: Arc::from(broker_group(q)),
+                client: ch.client(&addr)?,
+                addr: Arc::from(addr),
+            });
+            if seen.insert((t.broker_group.clone(), q.id)) {
+                first.push(t.clone());
+            }
+            all.push(t);
+        }
+        if all.is_empty() {
+            return Err(ClientError::Invalid(format!(
+                "topic `{topic}` has no writable queue with an endpoint"
+            )));
+        }
+        Ok(TopicRoute { first, all })
+    }
 }
 
 /// A producer.
 pub struct Producer {
     ch: Channels,
-    routes: Mutex<HashMap<String, Vec<v2::MessageQueue>>>,
+    routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
     next: AtomicU64,
     seq: AtomicU64,
     /// Send attempts per message (default 3).
@@ -277,19 +330,16 @@ impl Producer {
         Ok(p)
     }
 
-    async fn queues(
-        &self,
-        topic: &str,
-        refresh: bool,
-    ) -> Result<Vec<v2::MessageQueue>, ClientError> {
-        if !refresh && let Some(q) = self.routes.lock().ok().and_then(|g| g.get(topic).cloned()) {
-            return Ok(q);
+    async fn targets(&self, topic: &str, refresh: bool) -> Result<Arc<TopicRoute>, ClientError> {
+        if !refresh && let Some(r) = self.routes.lock().ok().and_then(|g| g.get(topic).cloned()) {
+            return Ok(r);
         }
         let q = self.ch.route(topic).await?;
+        let r = Arc::new(TopicRoute::build(topic, &q, &self.ch)?);
         if let Ok(mut g) = self.routes.lock() {
-            g.insert(topic.to_string(), q.clone());
+            g.insert(topic.to_string(), r.clone());
         }
-        Ok(q)
+        Ok(r)
     }
 
     fn new_id(&self) -> String {
@@ -303,75 +353,81 @@ impl Producer {
     }
 
     /// Send one message; retries on another queue entry (another node) on failure.
-    pub async fn send(&self, mut m: OutMessage) -> Result<SendReceipt, ClientError> {
-        if m.message_id.is_empty() {
-            m.message_id = self.new_id();
+    pub async fn send(&self, m: OutMessage) -> Result<SendReceipt, ClientError> {
+        let OutMessage {
+            topic,
+            tag,
+            keys,
+            properties,
+            message_group,
+            body,
+            mut message_id,
+        } = m;
+        if message_id.is_empty() {
+            message_id = self.new_id();
         }
-        let msg = v2::Message {
+        let now = now_ms();
+        let message_type = if message_group.is_some() {
+            v2::MessageType::Fifo
+        } else {
+            v2::MessageType::Normal
+        };
+        let mut msg = v2::Message {
             topic: Some(v2::Resource {
                 resource_namespace: String::new(),
-                name: m.topic.clone(),
+                name: topic,
             }),
-            user_properties: m.properties.clone(),
+            user_properties: properties,
             system_properties: Some(v2::SystemProperties {
-                tag: m.tag.clone(),
-                keys: m.keys.clone(),
-                message_id: m.message_id.clone(),
+                tag,
+                keys,
+                message_id,
                 body_encoding: v2::Encoding::Identity as i32,
-                message_type: if m.message_group.is_some() {
-                    v2::MessageType::Fifo as i32
-                } else {
-                    v2::MessageType::Normal as i32
-                },
+                message_type: message_type as i32,
                 born_timestamp: Some(prost_types::Timestamp {
-                    seconds: now_ms() / 1000,
-                    nanos: ((now_ms() % 1000) * 1_000_000) as i32,
+                    seconds: now / 1000,
+                    nanos: ((now % 1000) * 1_000_000) as i32,
                 }),
-                message_group: m.message_group.clone(),
+                message_group,
                 queue_id: -1,
                 ..Default::default()
             }),
-            body: m.body.clone(),
+            body,
         };
+        let topic = msg
+            .topic
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        let group_key = msg
+            .system_properties
+            .as_ref()
+            .and_then(|sp| sp.message_group.clone());
+        let attempts = self.max_attempts.max(1);
         let mut last = ClientError::Invalid("no attempt made".into());
-        for attempt in 0..self.max_attempts.max(1) {
-            let queues = self.queues(&m.topic, attempt > 0).await?;
-            let all: Vec<&v2::MessageQueue> = queues
-                .iter()
-                .filter(|q| {
-                    q.permission == v2::Permission::ReadWrite as i32
-                        || q.permission == v2::Permission::Write as i32
-                })
-                .collect();
-            // First attempt: the first entry of each (broker group, queue), which routes list
-            // leader first, so a send normally skips a follower's forwarding hop. Retries use
-            // every member.
-            let writable: Vec<&v2::MessageQueue> = if attempt == 0 {
-                let mut seen = std::collections::HashSet::new();
-                all.iter()
-                    .copied()
-                    .filter(|q| seen.insert((broker_group(q).to_string(), q.id)))
-                    .collect()
+        for attempt in 0..attempts {
+            let route = self.targets(&topic, attempt > 0).await?;
+            let candidates = if attempt == 0 {
+                &route.first
             } else {
-                all
+                &route.all
             };
-            if writable.is_empty() {
-                return Err(ClientError::Invalid(format!(
-                    "topic `{}` has no writable queue",
-                    m.topic
-                )));
+            let t = pick_entry(
+                candidates,
+                |t| &t.broker_group,
+                group_key.as_deref(),
+                || self.next.fetch_add(1, Ordering::Relaxed),
+            );
+            if let Some(sp) = msg.system_properties.as_mut() {
+                sp.queue_id = t.queue_id;
             }
-            let q = pick_entry(&writable, m.message_group.as_deref(), || {
-                self.next.fetch_add(1, Ordering::Relaxed)
-            });
-            let Some(addr) = endpoint_of(q) else {
-                return Err(ClientError::Invalid("route without endpoints".into()));
+            // The last attempt gives the message away; earlier ones keep it for a retry.
+            let one = if attempt + 1 == attempts {
+                std::mem::take(&mut msg)
+            } else {
+                msg.clone()
             };
-            let mut one = msg.clone();
-            if let Some(sp) = one.system_properties.as_mut() {
-                sp.queue_id = q.id;
-            }
-            let mut c = self.ch.client(&addr)?;
+            let mut c = t.client.clone();
             match c
                 .send_message(v2::SendMessageRequest {
                     messages: vec![one],
@@ -382,15 +438,16 @@ impl Producer {
                     let r = r.into_inner();
                     match check(r.status.as_ref()) {
                         Ok(()) => {
-                            let e = r.entries.first().ok_or_else(|| {
+                            let mut entries = r.entries.into_iter();
+                            let e = entries.next().ok_or_else(|| {
                                 ClientError::Invalid("send result without entry".into())
                             })?;
                             check(e.status.as_ref())?;
                             return Ok(SendReceipt {
-                                message_id: e.message_id.clone(),
+                                message_id: e.message_id,
                                 offset: e.offset,
-                                broker_group: broker_group(q).to_string(),
-                                queue_id: q.id,
+                                broker_group: t.broker_group.to_string(),
+                                queue_id: t.queue_id,
                                 attempts: attempt + 1,
                             });
                         }
@@ -406,7 +463,7 @@ impl Producer {
                 }
                 Err(e) => {
                     last = ClientError::Rpc {
-                        addr,
+                        addr: t.addr.to_string(),
                         message: e.message().to_string(),
                     }
                 }
@@ -642,11 +699,14 @@ mod tests {
             .flat_map(|g| (0..3).map(move |m| entry(g, &format!("{g}{m}:1"), m)))
             .collect();
         let writable: Vec<&v2::MessageQueue> = all.iter().collect();
+        fn group_of<'a>(q: &'a &v2::MessageQueue) -> &'a str {
+            broker_group(q)
+        }
         for mg in ["order-1", "order-2", "x", "y", "z"] {
             let mut n = 0u64;
             let picked: Vec<String> = (0..12)
                 .map(|_| {
-                    let q = pick_entry(&writable, Some(mg), || {
+                    let q = pick_entry(&writable, group_of, Some(mg), || {
                         n += 1;
                         n
                     });
@@ -668,7 +728,7 @@ mod tests {
         let mut n = 0u64;
         let names: std::collections::BTreeSet<String> = (0..6)
             .map(|_| {
-                let q = pick_entry(&writable, None, || {
+                let q = pick_entry(&writable, group_of, None, || {
                     n += 1;
                     n
                 });
