@@ -207,12 +207,12 @@ pub fn request_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
     if path.starts_with("/raftmq.raft.") {
         return tracing::Span::none();
     }
+    // Borrowed, not copied: this runs for every request.
     let header = |k: &str| {
         req.headers()
             .get(k)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
-            .to_string()
     };
     tracing::info_span!(
         "request",
