@@ -34,6 +34,17 @@ fn admin(env: &Env, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
+/// `group list --json`'s entry for consumer group `name` (`null` if it is not listed).
+fn listed_group(env: &Env, name: &str) -> Value {
+    let (ok, v, out) = admin(env, &["group", "list"]);
+    assert!(ok, "{out}");
+    v["consumer_groups"]
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["name"] == name))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn leader(env: &Env) -> u64 {
     wait_until(Duration::from_secs(30), "a reachable leader", || {
         let (ok, v, _) = admin(env, &["cluster"]);
@@ -85,17 +96,8 @@ async fn ops_commands_report_what_was_done() {
 
     let (ok, v, out) = admin(&env, &["group", "create", "og", "--max-attempts", "5"]);
     assert!(ok && v["ok"] == true, "{out}");
-    let (ok, v, out) = admin(&env, &["group", "list"]);
-    assert!(ok, "{out}");
-    let og = v["consumer_groups"]
-        .as_array()
-        .and_then(|a| a.iter().find(|g| g["name"] == "og"))
-        .cloned();
-    assert_eq!(
-        og.as_ref().map(|g| g["max_delivery_attempts"].clone()),
-        Some(Value::from(5)),
-        "{v}"
-    );
+    let og = listed_group(&env, "og");
+    assert_eq!(og["max_delivery_attempts"], Value::from(5), "{og}");
 
     let c = SimpleConsumer::new(&ns, "og", "ops", "*").expect("consumer");
     let mut acked = 0;
@@ -155,17 +157,11 @@ async fn ops_commands_report_what_was_done() {
         &["group", "update", "og", "--max-attempts", "7", "--fifo"],
     );
     assert!(ok && v["ok"] == true, "{out}");
-    let (ok, v, out) = admin(&env, &["group", "list"]);
-    assert!(ok, "{out}");
-    let og = v["consumer_groups"]
-        .as_array()
-        .and_then(|a| a.iter().find(|g| g["name"] == "og"))
-        .cloned()
-        .unwrap_or_default();
+    let og = listed_group(&env, "og");
     assert_eq!(
         (&og["max_delivery_attempts"], &og["fifo"]),
         (&Value::from(7), &Value::from(true)),
-        "{v}"
+        "{og}"
     );
 
     let (ok, v, out) = admin(&env, &["group", "delete", "og"]);
