@@ -79,7 +79,7 @@ impl Drop for Procs {
     }
 }
 
-fn spawn(exe: &Path, log: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Child> {
+pub fn spawn(exe: &Path, log: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(exe);

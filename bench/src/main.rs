@@ -10,6 +10,7 @@ mod cl;
 mod cluster;
 mod counters;
 mod load;
+mod protocol_floor;
 mod report;
 mod suite;
 
@@ -41,6 +42,12 @@ enum Cmd {
     /// A real cluster (nameserver + 3 brokers) under produce / consume / end-to-end load,
     /// optionally side by side with a 3-node NATS JetStream cluster (`--compare nats`).
     Cluster(suite::ClusterArgs),
+    /// The `cluster --floor` server (started by the benchmark itself).
+    #[command(hide = true)]
+    ProtocolFloorServer {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -104,6 +111,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Commitlog(args) => commitlog(args),
         Cmd::Cluster(args) => suite::run(args),
+        Cmd::ProtocolFloorServer { listen } => protocol_floor::serve(listen),
     }
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::cluster::{self, Nats, Raftmq, proc_cpu_secs};
 use crate::counters::{CpuMeter, DiskMeter};
 use crate::load::{self, ProduceShape, Receiver, Sender};
+use crate::protocol_floor::FloorServer;
 use crate::report::Row;
 
 #[derive(clap::Args)]
@@ -44,6 +45,11 @@ pub struct ClusterArgs {
     /// `SendMessageRequest` batches for raftmq, pipelined publishes for NATS).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// raftmq: send through a bare generated gRPC client (pre-resolved route, no retries)
+    /// even at one message per request, instead of the project client — the cheapest client
+    /// the protocol allows, to separate client cost from broker cost.
+    #[arg(long)]
+    pub raw_client: bool,
     /// raftmq flush modes to run, comma separated (`sync`, `async`).
     #[arg(long, value_delimiter = ',', default_value = "sync,async")]
     pub flush: Vec<String>,
@@ -104,6 +110,12 @@ pub struct ClusterArgs {
     /// unless every figure is finite and non-zero.
     #[arg(long)]
     pub smoke: bool,
+    /// Also run the protocol floor (`grpc floor`): a `MessagingService` that answers every
+    /// send with OK at once, storing and replicating nothing, driven by the same client and
+    /// produce workload — what one RocketMQ gRPC request per message costs here before any
+    /// broker work. Produce only.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 /// Latency percentiles in microseconds.
@@ -200,6 +212,7 @@ pub struct Meta {
     pub inflight: Vec<usize>,
     pub producers: usize,
     pub batch: usize,
+    pub raw_client: bool,
     pub workloads: Vec<String>,
     pub e2e_load: f64,
     pub e2e_secs: f64,
@@ -279,6 +292,7 @@ const RAFT_SYNC: &str = "raftmq sync";
 const RAFT_ASYNC: &str = "raftmq async";
 const NATS_ALWAYS: &str = "nats always";
 const NATS_DEFAULT: &str = "nats default";
+const FLOOR: &str = "grpc floor";
 
 pub fn run(a: ClusterArgs) -> Result<()> {
     let smoke = a.smoke;
@@ -375,6 +389,9 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         if compare_nats && !flushes.iter().any(|f| f == "sync") {
             systems.insert(0, NATS_ALWAYS.into());
         }
+        if a.floor {
+            systems.push(FLOOR.into());
+        }
     }
     let base = match &a.dir {
         Some(d) => d.clone(),
@@ -404,6 +421,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         inflight: a.inflight.clone(),
         producers: a.producers,
         batch: a.batch,
+        raw_client: a.raw_client,
         workloads: a.workloads.clone(),
         e2e_load: a.e2e_load,
         e2e_secs,
@@ -654,8 +672,17 @@ fn fill(m: &mut Measure, n: u64, secs: f64, size: usize, lat: &hdrhistogram::His
 
 /// The clients of one system: how to make senders and receivers for a fresh topic/stream.
 enum Target {
-    Raftmq { ns: String, exe: PathBuf },
-    Nats { client: async_nats::Client },
+    Raftmq {
+        ns: String,
+        exe: PathBuf,
+    },
+    /// The protocol floor server: raftmq's client protocol, no topics to create.
+    Floor {
+        addr: String,
+    },
+    Nats {
+        client: async_nats::Client,
+    },
 }
 
 impl Target {
@@ -667,6 +694,7 @@ impl Target {
                 tokio::task::spawn_blocking(move || cluster::create_topic(&exe, &ns, &name, queues))
                     .await?
             }
+            Target::Floor { .. } => Ok(()),
             Target::Nats { client } => {
                 let js = async_nats::jetstream::new(client.clone());
                 let _ = js.delete_stream(name).await;
@@ -691,14 +719,14 @@ impl Target {
         }
     }
 
-    async fn senders(&self, name: &str, n: usize, batch: usize) -> Result<Vec<Sender>> {
+    async fn senders(&self, name: &str, n: usize, batch: usize, raw: bool) -> Result<Vec<Sender>> {
         let mut v = Vec::new();
         for _ in 0..n {
             v.push(match self {
-                Target::Raftmq { ns, .. } if batch > 1 => {
+                Target::Raftmq { ns, .. } | Target::Floor { addr: ns } if batch > 1 || raw => {
                     Sender::RaftmqBatch(load::RawBatch::new(ns, name).await?)
                 }
-                Target::Raftmq { ns, .. } => Sender::Raftmq {
+                Target::Raftmq { ns, .. } | Target::Floor { addr: ns } => Sender::Raftmq {
                     producer: Producer::new(ns).map_err(|e| anyhow!("{e}"))?,
                     topic: name.into(),
                 },
@@ -717,6 +745,7 @@ impl Target {
 
     async fn receiver(&self, name: &str, a: &ClusterArgs) -> Result<Receiver> {
         Ok(match self {
+            Target::Floor { .. } => bail!("the protocol floor stores nothing to consume"),
             Target::Raftmq { ns, .. } => Receiver::Raftmq {
                 consumer: SimpleConsumer::new(ns, &format!("{name}-group"), name, "*")
                     .map_err(|e| anyhow!("{e}"))?,
@@ -756,6 +785,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
     // Keep the servers (killed on drop) alive until the end of this function.
     let mut raft: Option<Raftmq> = None;
     let mut nats: Option<Nats> = None;
+    let mut floor: Option<FloorServer> = None;
     let (target, pids) = if let Some(ns) = &a.nameservers {
         (
             Target::Raftmq {
@@ -764,6 +794,14 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             },
             Vec::new(),
         )
+    } else if sys == FLOOR {
+        let f = FloorServer::start(dir.path())?;
+        let t = Target::Floor {
+            addr: f.addr.clone(),
+        };
+        let pids = f.procs.pids();
+        floor = Some(f);
+        (t, pids)
     } else if let Some(flush) = sys.strip_prefix("raftmq ") {
         // Not in spawn_blocking: the children's death signal follows the spawning thread.
         let r = Raftmq::start(c.raftmq_bin, dir.path(), flush)?;
@@ -811,7 +849,8 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
     }
     let mut out = Vec::new();
     let max = Duration::from_secs_f64(a.max_secs);
-    let want = |w: &str| a.workloads.iter().any(|x| x == w);
+    // The floor stores nothing: it only has a produce figure.
+    let want = |w: &str| a.workloads.iter().any(|x| x == w) && (sys != FLOOR || w == "produce");
     let mut inflights = a.inflight.clone();
     inflights.sort_unstable();
     let top = *inflights.last().unwrap_or(&1);
@@ -827,7 +866,9 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             let name = format!("benchp{inf}r{round}");
             target.fresh(&name, a.queues).await?;
             let n = if inf == 1 { c.messages_if1 } else { c.messages };
-            let senders = target.senders(&name, a.producers, a.batch).await?;
+            let senders = target
+                .senders(&name, a.producers, a.batch, a.raw_client)
+                .await?;
             let pb = bar(n, tag(&format!("produce if={inf}")));
             let meter = Meter::start(&pids, c.dev);
             let r = load::produce(
@@ -885,7 +926,9 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         let n = ((rate * c.e2e_secs) as u64).max(1);
         let name = format!("benche{round}");
         target.fresh(&name, a.queues).await?;
-        let senders = target.senders(&name, a.producers, a.batch).await?;
+        let senders = target
+            .senders(&name, a.producers, a.batch, a.raw_client)
+            .await?;
         let rx = target.receiver(&name, a).await?;
         let pb = bar(n, tag(&format!("e2e {:.0} msg/s", rate)));
         let meter = Meter::start(&pids, c.dev);
@@ -919,6 +962,9 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
     }
     if let Some(mut n) = nats {
         n.procs.stop();
+    }
+    if let Some(mut f) = floor {
+        f.procs.stop();
     }
     dir.close()?;
     Ok(out)
@@ -1138,9 +1184,25 @@ fn meta_markdown(m: &Meta) -> String {
     );
     let _ = writeln!(
         s,
-        "- produce: {} messages ({} at in-flight 1) of {} B, in-flight {:?} requests per producer, {} producer(s), {} message(s) per request; latency = send → ack per request",
-        m.messages, m.messages_if1, m.size, m.inflight, m.producers, m.batch
+        "- produce: {} messages ({} at in-flight 1) of {} B, in-flight {:?} requests per producer, {} producer(s), {} message(s) per request, raftmq client: {}; latency = send → ack per request",
+        m.messages,
+        m.messages_if1,
+        m.size,
+        m.inflight,
+        m.producers,
+        m.batch,
+        if m.raw_client || m.batch > 1 {
+            "bare generated gRPC client"
+        } else {
+            "the project client (`Producer::send`)"
+        }
     );
+    if m.systems.iter().any(|s| s == FLOOR) {
+        let _ = writeln!(
+            s,
+            "- grpc floor: a MessagingService process that answers every send with OK at once (no storage, no Raft, no replication; tonic with raftmq's HTTP/2 settings), same client and workload: the cost of the protocol alone"
+        );
+    }
     let _ = writeln!(
         s,
         "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, each received batch acked by one AckMessage request with one entry per message; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
