@@ -30,9 +30,13 @@
 //!
 //! `state/checkpoint.json` holds the applied state (last applied log id, membership, topics,
 //! offsets, recent ids) together with the dispatch position it matches. It is written after
-//! the ConsumeQueues and key index are flushed, at most every [`CHECKPOINT_INTERVAL`]. On
-//! restart the derived files are cut back to the checkpoint's position and openraft re-applies
-//! everything after it, which reproduces the same offsets (apply is idempotent).
+//! the ConsumeQueues and key index are flushed, at most every [`CHECKPOINT_INTERVAL`]. The
+//! flush and a copy of the state happen under the state lock; serialising and writing the
+//! copy happen on a `checkpoint` thread, so apply (and every write waiting for it) does not
+//! stall for the whole-state write. On restart the derived files are cut back to the
+//! checkpoint's position and openraft re-applies everything after it, which reproduces the
+//! same offsets (apply is idempotent); a crash before a background write lands simply
+//! restarts from the previous checkpoint.
 //!
 //! # Snapshots = state at the retention boundary
 //!
@@ -437,6 +441,37 @@ struct SmCore {
     /// Which entries this process proposed, for the message metrics (see
     /// [`SmHandle::count_messages_of`]).
     metrics_origin: OnceLock<MetricsOrigin>,
+    /// Writes of `checkpoint.json`, serialised (see [`CheckpointFile`]).
+    checkpoint_file: Arc<Mutex<CheckpointFile>>,
+    /// A background checkpoint write is running: the next one waits for the next interval.
+    checkpoint_busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The checkpoint file's writer state. Writes happen on a blocking thread while apply goes
+/// on (serialising and fsyncing the whole applied state took tens of milliseconds under the
+/// state lock, and every write in flight waited for it); this lock orders them so an older
+/// state never replaces a newer one, and keeps a failed write for apply to report.
+#[derive(Default)]
+struct CheckpointFile {
+    /// Index of the last applied entry of the newest state written.
+    written: Option<u64>,
+    /// Why the last background write failed; apply fails with it (the store's rule: a
+    /// failed write is reported, never retried silently).
+    failed: Option<String>,
+}
+
+impl CheckpointFile {
+    /// Write `state` unless a newer one is already on disk.
+    fn write(&mut self, dir: &Path, state: &AppliedState) -> io::Result<()> {
+        let index = state.last_applied.map(|l| l.index);
+        if self.written.is_some() && index < self.written {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(state).map_err(io_err)?;
+        fsutil::atomic_write(&dir.join("checkpoint.json"), &bytes)?;
+        self.written = index;
+        Ok(())
+    }
 }
 
 /// What identifies the entries proposed by this process.
@@ -548,6 +583,8 @@ impl StateMachine {
             snapshot_target: Mutex::new(None),
             applied_tx: tokio::sync::watch::channel(0).0,
             metrics_origin: OnceLock::new(),
+            checkpoint_file: Arc::new(Mutex::new(CheckpointFile::default())),
+            checkpoint_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         Ok((
             StateMachine {
@@ -572,15 +609,60 @@ fn load_current_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, 
 }
 
 impl SmCore {
+    /// Write the checkpoint now, waiting for a background write still running.
     fn checkpoint(&self, inner: &mut SmInner) -> io::Result<()> {
         if !inner.dirty {
             return Ok(());
         }
         inner.dispatcher.flush()?;
-        let bytes = serde_json::to_vec(&inner.state).map_err(io_err)?;
-        fsutil::atomic_write(&self.dir.join("checkpoint.json"), &bytes)?;
+        self.checkpoint_file
+            .lock()
+            .map_err(lock_err)?
+            .write(&self.dir, &inner.state)?;
         inner.dirty = false;
         inner.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// The periodic checkpoint during apply: flush the derived stores (so the state's
+    /// dispatch position is durable), copy the state, and serialise + write it on a blocking
+    /// thread. A crash before that write lands leaves the previous checkpoint, which restart
+    /// handles as always (derived files cut back to its position, the rest re-applied).
+    fn checkpoint_in_background(&self, inner: &mut SmInner) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if let Some(why) = self.checkpoint_file.lock().map_err(lock_err)?.failed.take() {
+            return Err(io::Error::other(format!("checkpoint write failed: {why}")));
+        }
+        if !inner.dirty || self.checkpoint_busy.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Err(e) = inner.dispatcher.flush() {
+            self.checkpoint_busy.store(false, Ordering::Release);
+            return Err(e.into());
+        }
+        let state = inner.state.clone();
+        inner.dirty = false;
+        inner.last_checkpoint = Instant::now();
+        let (dir, file, busy) = (
+            self.dir.clone(),
+            self.checkpoint_file.clone(),
+            self.checkpoint_busy.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                if let Ok(mut f) = file.lock()
+                    && let Err(e) = f.write(&dir, &state)
+                {
+                    tracing::error!("checkpoint write failed: {e}");
+                    f.failed = Some(e.to_string());
+                }
+                busy.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.checkpoint_busy.store(false, Ordering::Release);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1562,7 +1644,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut g = self.core.inner.write().map_err(lock_err)?;
             let data = self.core.apply_entry(&mut g, &entry)?;
             if g.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                self.core.checkpoint(&mut g)?;
+                self.core.checkpoint_in_background(&mut g)?;
             }
             drop(g);
             self.core.applied_tx.send_replace(log_id.index);
@@ -1678,5 +1760,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             snapshot: std::io::Cursor::new(data.clone()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::CommittedLeaderId;
+
+    fn applied_at(index: u64) -> AppliedState {
+        AppliedState {
+            last_applied: Some(LogId {
+                leader_id: CommittedLeaderId {
+                    term: 2,
+                    node_id: 1,
+                },
+                index,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn on_disk(dir: &Path) -> Option<u64> {
+        let bytes = std::fs::read(dir.join("checkpoint.json")).expect("checkpoint written");
+        let state: AppliedState = serde_json::from_slice(&bytes).expect("checkpoint parses");
+        state.last_applied.map(|l| l.index)
+    }
+
+    /// Background writes may finish out of order (a shutdown checkpoint can overtake a
+    /// periodic one): the file must keep the newest state.
+    #[test]
+    fn an_older_checkpoint_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = CheckpointFile::default();
+        f.write(dir.path(), &applied_at(5)).expect("write 5");
+        assert_eq!(on_disk(dir.path()), Some(5));
+        f.write(dir.path(), &applied_at(10)).expect("write 10");
+        f.write(dir.path(), &applied_at(7)).expect("write 7");
+        assert_eq!(on_disk(dir.path()), Some(10));
+        f.write(dir.path(), &applied_at(10)).expect("rewrite 10");
+        assert_eq!(on_disk(dir.path()), Some(10));
     }
 }
