@@ -72,6 +72,21 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Resolves on the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn real_main(args: Args) -> anyhow::Result<bool> {
     if let Some(p) = args.check {
         let events = raftmq_chaos::history::load(&p)?;
@@ -93,7 +108,17 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = rt.block_on(run::run(cfg))?;
+    // Ctrl-C / SIGTERM drop the run: the cluster's Drop kills the nodes, unmounts the tmpfs,
+    // deletes the network namespaces and the bridge, and removes the data directory, instead
+    // of leaving them for the next run's start-up sweep.
+    let report = rt.block_on(async {
+        tokio::select! {
+            r = run::run(cfg) => r,
+            sig = interrupted() => Err(anyhow::anyhow!(
+                "stopped by {sig}; nodes, mounts and network namespaces cleaned up"
+            )),
+        }
+    })?;
     print!("{}", run::summary(&report));
     println!(
         "report: {}",
