@@ -209,6 +209,38 @@ impl MessagingSvc {
         }
     }
 
+    /// Serve here or answer from the leader: `Ok(req)` hands the request back to be served on
+    /// this node; `Err(reply)` is the answer — the leader's (the request forwarded with the
+    /// client's headers by `call`), or `failed(status)` when no leader can take it
+    /// (`HA_NOT_AVAILABLE` for an unreachable leader: the client retries).
+    async fn here_or_leader<Req, Resp, Fut>(
+        &self,
+        node: &Node,
+        req: Request<Req>,
+        call: impl FnOnce(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
+        failed: impl FnOnce(v2::Status) -> Resp,
+    ) -> Result<Result<Request<Req>, Response<Resp>>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let addr = match self.placement(node, &req) {
+            Ok(None) => return Ok(Ok(req)),
+            Ok(Some(addr)) => addr,
+            Err(st) => return Ok(Err(Response::new(failed(st)))),
+        };
+        let c = self.leader_client(&addr)?;
+        Ok(Err(Response::new(
+            match call(c, Self::forward_request(req)).await {
+                // Only the message: the leader's response headers must not be re-sent.
+                Ok(r) => r.into_inner(),
+                Err(e) => failed(status(
+                    v2::Code::HaNotAvailable,
+                    format!("leader {addr}: {}", e.message()),
+                )),
+            },
+        )))
+    }
+
     /// The client's `x-mq-*` headers plus the forwarded mark.
     fn forward_metadata(md: &tonic::metadata::MetadataMap) -> tonic::metadata::MetadataMap {
         let mut out = tonic::metadata::MetadataMap::new();
@@ -825,20 +857,17 @@ impl MessagingService for MessagingSvc {
         req: Request<v2::ReceiveMessageRequest>,
     ) -> Result<Response<BoxStream<v2::ReceiveMessageResponse>>, Status> {
         let node = self.node()?;
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c.receive_message(Self::forward_request(req)).await {
-                    Ok(r) => Ok(Response::new(Box::pin(r.into_inner()) as BoxStream<_>)),
-                    Err(e) => Ok(Response::new(one(receive_status(status(
-                        v2::Code::HaNotAvailable,
-                        format!("leader {addr}: {}", e.message()),
-                    ))))),
-                };
-            }
-            Err(st) => return Ok(Response::new(one(receive_status(st)))),
-        }
+        let forward = |mut c: MessagingServiceClient<Channel>, r| async move {
+            let s = c.receive_message(r).await?;
+            Ok(s.map(|s| Box::pin(s) as BoxStream<_>))
+        };
+        let req = match self
+            .here_or_leader(&node, req, forward, |st| one(receive_status(st)))
+            .await?
+        {
+            Ok(req) => req,
+            Err(reply) => return Ok(reply),
+        };
         let client_id = Self::client_id(&req);
         self.sessions.touch(&client_id);
         let r = req.into_inner();
@@ -991,20 +1020,13 @@ impl MessagingService for MessagingSvc {
                 status: Some(st),
             }))
         };
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c.end_transaction(Self::forward_request(req)).await {
-                    Ok(r) => Ok(Response::new(r.into_inner())),
-                    Err(e) => reply(status(
-                        v2::Code::HaNotAvailable,
-                        format!("leader {addr}: {}", e.message()),
-                    )),
-                };
-            }
-            Err(st) => return reply(st),
-        }
+        let forward =
+            |mut c: MessagingServiceClient<Channel>, r| async move { c.end_transaction(r).await };
+        let failed = |st| v2::EndTransactionResponse { status: Some(st) };
+        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+            Ok(req) => req,
+            Err(reply) => return Ok(reply),
+        };
         let r = req.into_inner();
         let topic = r.topic.map(|t| t.name).unwrap_or_default();
         if r.message_id.is_empty() {
@@ -1119,23 +1141,14 @@ impl MessagingService for MessagingSvc {
                 status: Some(st),
             }))
         };
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c
-                    .forward_message_to_dead_letter_queue(Self::forward_request(req))
-                    .await
-                {
-                    Ok(r) => Ok(Response::new(r.into_inner())),
-                    Err(e) => reply(status(
-                        v2::Code::HaNotAvailable,
-                        format!("leader {addr}: {}", e.message()),
-                    )),
-                };
-            }
-            Err(st) => return reply(st),
-        }
+        let forward = |mut c: MessagingServiceClient<Channel>, r| async move {
+            c.forward_message_to_dead_letter_queue(r).await
+        };
+        let failed = |st| v2::ForwardMessageToDeadLetterQueueResponse { status: Some(st) };
+        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+            Ok(req) => req,
+            Err(reply) => return Ok(reply),
+        };
         let client_id = Self::client_id(&req);
         let r = req.into_inner();
         let group = r.group.map(|g| g.name).unwrap_or_default();
@@ -1170,29 +1183,16 @@ impl MessagingService for MessagingSvc {
         req: Request<v2::AckMessageRequest>,
     ) -> Result<Response<v2::AckMessageResponse>, Status> {
         let node = self.node()?;
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c.ack_message(Self::forward_request(req)).await {
-                    // Only the message: the leader's response headers must not be re-sent.
-                    Ok(r) => Ok(Response::new(r.into_inner())),
-                    Err(e) => Ok(Response::new(v2::AckMessageResponse {
-                        status: Some(status(
-                            v2::Code::HaNotAvailable,
-                            format!("leader {addr}: {}", e.message()),
-                        )),
-                        entries: vec![],
-                    })),
-                };
-            }
-            Err(st) => {
-                return Ok(Response::new(v2::AckMessageResponse {
-                    status: Some(st),
-                    entries: vec![],
-                }));
-            }
-        }
+        let forward =
+            |mut c: MessagingServiceClient<Channel>, r| async move { c.ack_message(r).await };
+        let failed = |st| v2::AckMessageResponse {
+            status: Some(st),
+            entries: vec![],
+        };
+        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+            Ok(req) => req,
+            Err(reply) => return Ok(reply),
+        };
         let client_id = Self::client_id(&req);
         let r = req.into_inner();
         let group = r.group.map(|g| g.name).unwrap_or_default();
@@ -1258,32 +1258,18 @@ impl MessagingService for MessagingSvc {
     ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
         let node = self.node()?;
         let handle = req.get_ref().receipt_handle.clone();
-        match self.placement(&node, &req) {
-            Ok(None) => {}
-            Ok(Some(addr)) => {
-                let mut c = self.leader_client(&addr)?;
-                return match c
-                    .change_invisible_duration(Self::forward_request(req))
-                    .await
-                {
-                    // Only the message: the leader's response headers must not be re-sent.
-                    Ok(r) => Ok(Response::new(r.into_inner())),
-                    Err(e) => Ok(Response::new(v2::ChangeInvisibleDurationResponse {
-                        status: Some(status(
-                            v2::Code::HaNotAvailable,
-                            format!("leader {addr}: {}", e.message()),
-                        )),
-                        receipt_handle: handle,
-                    })),
-                };
-            }
-            Err(st) => {
-                return Ok(Response::new(v2::ChangeInvisibleDurationResponse {
-                    status: Some(st),
-                    receipt_handle: handle,
-                }));
-            }
-        }
+        let forward = |mut c: MessagingServiceClient<Channel>, r| async move {
+            c.change_invisible_duration(r).await
+        };
+        // A failed forward keeps the handle the client sent: it is still the valid one.
+        let failed = |st| v2::ChangeInvisibleDurationResponse {
+            status: Some(st),
+            receipt_handle: handle,
+        };
+        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+            Ok(req) => req,
+            Err(reply) => return Ok(reply),
+        };
         let client_id = Self::client_id(&req);
         let r = req.into_inner();
         // The reply always carries a usable handle: the new one, or the one sent.
