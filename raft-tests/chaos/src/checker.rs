@@ -676,13 +676,30 @@ mod tests {
     }
 
     fn fin(id: &str, topic: &str, queue: u32, offset: u64) -> Event {
+        fin_in("g1", id, topic, queue, offset)
+    }
+
+    /// A message node 1 of `group` still holds at the end.
+    fn fin_in(group: &str, id: &str, topic: &str, queue: u32, offset: u64) -> Event {
         Event::Final {
-            broker_group: "g1".into(),
+            broker_group: group.into(),
             node: 1,
             topic: topic.into(),
             queue,
             offset,
             id: id.into(),
+        }
+    }
+
+    /// A queue's final offsets on node 1 of g1: `min` is the first still held.
+    fn fin_queue(topic: &str, queue: u32, min: u64, max: u64) -> Event {
+        Event::FinalQueue {
+            broker_group: "g1".into(),
+            node: 1,
+            topic: topic.into(),
+            queue,
+            min,
+            max,
         }
     }
 
@@ -758,14 +775,7 @@ mod tests {
         h.push(send("c", 2, None, 30, None)); // indeterminate and gone: not lost
         h.push(deliver("cg", "a", "normal", 0, 0, 30));
         h.push(fin("a", "normal", 0, 0));
-        h.push(Event::FinalQueue {
-            broker_group: "g1".into(),
-            node: 1,
-            topic: "normal".into(),
-            queue: 0,
-            min: 0,
-            max: 1,
-        });
+        h.push(fin_queue("normal", 0, 0, 1));
         let a = check(&h);
         assert_eq!(a.lost_count, 1, "{a:#?}");
         assert!(a.lost[0].starts_with("b "));
@@ -777,14 +787,7 @@ mod tests {
     fn a_message_deleted_by_retention_is_expired_not_lost() {
         let mut h = subs();
         h.push(send("a", 0, None, 10, Some(0)));
-        h.push(Event::FinalQueue {
-            broker_group: "g1".into(),
-            node: 1,
-            topic: "normal".into(),
-            queue: 0,
-            min: 5,
-            max: 9,
-        });
+        h.push(fin_queue("normal", 0, 5, 9));
         let a = check(&h);
         assert_eq!((a.lost_count, a.expired_undelivered), (0, 1));
     }
@@ -796,14 +799,7 @@ mod tests {
         h.push(acked("a", 50, Some(("g1", 0)), 1)); // below its own queue's min: expired
         h.push(acked("b", 50, Some(("g1", 1)), 1)); // above queue 1's min and never seen: lost
         for (queue, min) in [(0, 100), (1, 5)] {
-            h.push(Event::FinalQueue {
-                broker_group: "g1".into(),
-                node: 1,
-                topic: "normal".into(),
-                queue,
-                min,
-                max: 200,
-            });
+            h.push(fin_queue("normal", queue, min, 200));
         }
         let a = check(&h);
         assert_eq!((a.lost_count, a.expired_undelivered), (1, 1), "{a:#?}");
@@ -883,14 +879,7 @@ mod tests {
         let mut h = subs();
         h.push(send("f0", 0, g, 10, Some(0)));
         h.push(send("f1", 1, g, 20, Some(1)));
-        h.push(Event::FinalQueue {
-            broker_group: "g1".into(),
-            node: 1,
-            topic: "fifo".into(),
-            queue: 0,
-            min: 1,
-            max: 2,
-        });
+        h.push(fin_queue("fifo", 0, 1, 2));
         h.push(fin("f1", "fifo", 0, 1));
         h.push(deliver("cf", "f1", "fifo", 0, 1, 40));
         let a = check(&h);
@@ -906,14 +895,7 @@ mod tests {
         let mut h = subs();
         h.push(acked("a", 4, None, 2));
         h.push(fin("a", "normal", 0, 7));
-        h.push(Event::Final {
-            broker_group: "g2".into(),
-            node: 1,
-            topic: "normal".into(),
-            queue: 1,
-            offset: 4,
-            id: "a".into(),
-        });
+        h.push(fin_in("g2", "a", "normal", 1, 4));
         let a = check(&h);
         assert_eq!(
             (a.stored_duplicates, a.stored_duplicates_explained_by_retry),
@@ -927,22 +909,8 @@ mod tests {
         let mut h = subs();
         h.push(acked("a", 77, None, 2));
         h.push(deliver("cg", "a", "normal", 1, 77, 20));
-        h.push(Event::FinalQueue {
-            broker_group: "g1".into(),
-            node: 1,
-            topic: "normal".into(),
-            queue: 1,
-            min: 88,
-            max: 100,
-        });
-        h.push(Event::Final {
-            broker_group: "g2".into(),
-            node: 1,
-            topic: "normal".into(),
-            queue: 0,
-            offset: 78,
-            id: "a".into(),
-        });
+        h.push(fin_queue("normal", 1, 88, 100));
+        h.push(fin_in("g2", "a", "normal", 0, 78));
         let a = check(&h);
         assert_eq!(a.inconsistent_offset_count, 0, "{a:#?}");
         assert_eq!(a.lost_count, 0, "{a:#?}");
