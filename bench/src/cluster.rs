@@ -45,6 +45,23 @@ impl Procs {
         Ok(())
     }
 
+    /// Wait until `addr` accepts TCP connections, failing early if a process exits (its log
+    /// is under `logs`) and after `within`.
+    pub fn wait_listening(&mut self, addr: &str, logs: &Path, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while std::net::TcpStream::connect(addr).is_err() {
+            self.check_alive(logs)?;
+            if Instant::now() > deadline {
+                bail!(
+                    "nothing listens on {addr} after {within:?}; see the logs in {}",
+                    logs.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     pub fn stop(&mut self) {
         for p in &self.0 {
             // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
@@ -289,18 +306,8 @@ impl Nats {
                 )?,
             });
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
         for [client, ..] in &ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *client)).is_err() {
-                procs.check_alive(dir)?;
-                if Instant::now() > deadline {
-                    bail!(
-                        "nats-server did not listen within 30 s; see {}",
-                        dir.display()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            procs.wait_listening(&format!("127.0.0.1:{client}"), dir, Duration::from_secs(30))?;
         }
         Ok(Nats {
             urls: ports

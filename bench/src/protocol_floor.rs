@@ -11,9 +11,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use raftmq::proto::apache::rocketmq::v2;
 use raftmq::proto::apache::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
@@ -118,25 +118,11 @@ impl FloorServer {
             ],
             &[],
         )?;
-        let mut s = FloorServer {
-            addr,
-            procs: Procs(vec![Proc {
-                name: "floor".into(),
-                child,
-            }]),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&s.addr).is_err() {
-            if let Some(p) = s.procs.0.first_mut()
-                && let Ok(Some(st)) = p.child.try_wait()
-            {
-                bail!("floor server exited ({st}); see {}", dir.display());
-            }
-            if Instant::now() > deadline {
-                bail!("floor server not listening after 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
+        let mut procs = Procs(vec![Proc {
+            name: "floor".into(),
+            child,
+        }]);
+        procs.wait_listening(&addr, dir, Duration::from_secs(30))?;
+        Ok(FloorServer { addr, procs })
     }
 }
