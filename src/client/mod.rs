@@ -372,10 +372,12 @@ impl Producer {
         } else {
             v2::MessageType::Normal
         };
+        // Kept for route lookups and entry choice; the message owns the originals.
+        let group_key = message_group.clone();
         let mut msg = v2::Message {
             topic: Some(v2::Resource {
                 resource_namespace: String::new(),
-                name: topic,
+                name: topic.clone(),
             }),
             user_properties: properties,
             system_properties: Some(v2::SystemProperties {
@@ -394,15 +396,6 @@ impl Producer {
             }),
             body,
         };
-        let topic = msg
-            .topic
-            .as_ref()
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-        let group_key = msg
-            .system_properties
-            .as_ref()
-            .and_then(|sp| sp.message_group.clone());
         let attempts = self.max_attempts.max(1);
         let mut last = ClientError::Invalid("no attempt made".into());
         for attempt in 0..attempts {
