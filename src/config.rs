@@ -23,8 +23,8 @@
 //! | `data_dir` | data directory (created; must be writable) | required |
 //! | `flush` | `sync` (ack after fsync) or `async` (fsync every 10 ms) | `sync` |
 //! | `segment_size` | CommitLog segment size (`64K`, `64M`, `1G`; multiple of 4K) | `1G` |
-//! | `heartbeat_ms` | Raft heartbeat interval | `100` |
-//! | `election_timeout_ms` | minimum election timeout (max is twice), ≥ 3 heartbeats | `500` |
+//! | `heartbeat_ms` | Raft heartbeat interval | `50` |
+//! | `election_timeout_ms` | minimum election timeout (max is twice), ≥ 3 heartbeats | `300` |
 //! | `retention_secs` | delete whole segments older than this | none |
 //! | `retention_bytes` | keep the CommitLog below this size (`100G`) | none |
 //! | `retention_interval_secs` | how often retention runs | `10` |
@@ -40,6 +40,7 @@
 //! |---|---|---|
 //! | `listen` | gRPC `IP:PORT` to bind (route registry + RocketMQ access point) | `0.0.0.0:9876` |
 //! | `node_timeout_ms` | drop a broker node silent this long; ≥ 150 | `3000` |
+//! | `proxy` | relay every client RPC to the broker groups (routes name the nameserver) | `true` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -139,10 +140,10 @@ pub struct BrokerSettings {
     pub flush: Option<String>,
     /// CommitLog segment size: `64K`, `64M`, `1G` (default) or bytes; a multiple of 4 KiB.
     pub segment_size: Option<String>,
-    /// Raft heartbeat interval in milliseconds (default 100).
+    /// Raft heartbeat interval in milliseconds (default 50).
     pub heartbeat_ms: Option<u64>,
     /// Minimum Raft election timeout in milliseconds, at least 3 heartbeats; the maximum is
-    /// twice this (default 500).
+    /// twice this (default 300).
     pub election_timeout_ms: Option<u64>,
     /// Delete whole CommitLog segments older than this many seconds (default: no age limit).
     pub retention_secs: Option<u64>,
@@ -402,6 +403,11 @@ pub struct NameserverSettings {
     /// Drop a broker node that has not reported for this many milliseconds (default 3000,
     /// at least 150). Nodes heartbeat every third of it (at most every second).
     pub node_timeout_ms: Option<u64>,
+    /// Act as the RocketMQ clients' proxy (default true): `QueryRoute` answers with the
+    /// endpoints the client used and every client RPC is relayed to the broker groups, so a
+    /// frozen or killed leader costs clients about one election. `false`: routes name the
+    /// brokers and only the access-point RPCs are answered here.
+    pub proxy: Option<bool>,
 }
 
 impl NameserverSettings {
@@ -415,6 +421,7 @@ impl NameserverSettings {
         NameserverSettings {
             listen: self.listen.or(base.listen),
             node_timeout_ms: self.node_timeout_ms.or(base.node_timeout_ms),
+            proxy: self.proxy.or(base.proxy),
         }
     }
 
@@ -441,6 +448,7 @@ impl NameserverSettings {
         Ok(NameserverConfig {
             listen,
             node_timeout,
+            proxy: self.proxy.unwrap_or(true),
         })
     }
 }

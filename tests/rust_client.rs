@@ -78,6 +78,8 @@ async fn produce_and_consume_through_the_rust_client() {
         ],
     );
 
+    admin(&ns, &["group", "create", "rust-fifo-group", "--fifo"]);
+
     let p = Producer::new(&ns).expect("producer");
     let mut sent = BTreeMap::new();
     for i in 0..1000u32 {

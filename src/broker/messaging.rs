@@ -44,7 +44,7 @@ use crate::proto::raftmq::admin as pb;
 use crate::protocol::route::{self, GroupRoute, status};
 use crate::protocol::settings::{self, settings_reply};
 use crate::raft::consume::{self, Pop};
-use crate::raft::state_machine::{InternalCommand, TopicConfig, TopicMessageType};
+use crate::raft::state_machine::{InternalCommand, TopicConfig};
 use crate::storage::StoreError;
 use crate::storage::message::{MessageType, MessageView};
 
@@ -54,9 +54,18 @@ pub const MAX_BODY_SIZE: usize = settings::MAX_BODY_SIZE as usize;
 const DEFAULT_INVISIBLE: Duration = Duration::from_secs(30);
 /// Upper bound of a receive's long polling.
 const MAX_LONG_POLL: Duration = Duration::from_secs(20);
-/// How long a send waits for a new leader before answering HA_NOT_AVAILABLE (below the
-/// clients' default 3 s request timeout, so the answer arrives before the client gives up).
-const SEND_FAILOVER_WAIT: Duration = Duration::from_millis(2500);
+/// How often a request waiting for a leader looks again (besides waking on a leader change):
+/// a new leader refuses writes until a quorum has acknowledged it.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+/// Time left to the leader beyond the forwarding node's own budget, so that the leader's
+/// answer (not a deadline error) reaches the client.
+const FORWARD_SLACK: Duration = Duration::from_millis(200);
+/// Ping interval and timeout of the channels that forward requests to the leader.
+const FORWARD_KEEPALIVE: Duration = Duration::from_millis(300);
+/// Leader-wait budget of a request that carries no `grpc-timeout`.
+const DEFAULT_LEADER_WAIT: Duration = Duration::from_millis(2500);
+/// Kept free of the client's deadline for the answer's way back.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(400);
 /// Header marking a request that a follower forwarded to its leader.
 const FORWARDED: &str = "x-raftmq-forwarded";
 
@@ -127,8 +136,6 @@ struct PopRequest<'a> {
     group: &'a str,
     /// The group's configuration.
     config: &'a consume::GroupConfig,
-    /// Pop only from this queue (FIFO consumers assigned one queue).
-    only_queue: Option<u32>,
     topic: &'a TopicConfig,
     first_queue: u32,
     batch: usize,
@@ -188,7 +195,13 @@ impl MessagingSvc {
         }
         let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
             .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2));
+            .connect_timeout(Duration::from_secs(1))
+            // A frozen leader (SIGSTOP, a hung host) keeps its TCP connections open: pings
+            // fail the channel, and every request forwarded over it, within a second, so the
+            // requests go to the next leader instead of hanging until the client gives up.
+            .http2_keep_alive_interval(FORWARD_KEEPALIVE)
+            .keep_alive_timeout(FORWARD_KEEPALIVE)
+            .keep_alive_while_idle(true);
         let c = MessagingServiceClient::new(ep.connect_lazy())
             .max_decoding_message_size(super::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(super::MAX_GRPC_MESSAGE);
@@ -196,49 +209,65 @@ impl MessagingSvc {
         Ok(c)
     }
 
-    /// Where a request must be served: `Ok(None)` here, `Ok(Some(addr))` at the leader.
-    fn placement<T>(&self, node: &Node, req: &Request<T>) -> Result<Option<String>, v2::Status> {
-        match node.route() {
-            Ok(Route::Local) => Ok(None),
-            Ok(Route::Leader(_, addr)) if req.metadata().get(FORWARDED).is_none() => Ok(Some(addr)),
-            Ok(Route::Leader(..)) => Err(status(
-                v2::Code::HaNotAvailable,
-                "leadership is changing; retry",
-            )),
-            Err(e) => Err(error_status(&e)),
-        }
-    }
-
     /// Serve here or answer from the leader: `Ok(req)` hands the request back to be served on
     /// this node; `Err(reply)` is the answer — the leader's (the request forwarded with the
-    /// client's headers by `call`), or `failed(status)` when no leader can take it
-    /// (`HA_NOT_AVAILABLE` for an unreachable leader: the client retries).
+    /// client's headers by `call`), or `failed(status)` when no leader could take it within
+    /// the request's budget (`HA_NOT_AVAILABLE`: the client retries).
+    ///
+    /// While the group has no leader, or the leader this node knows does not answer (killed,
+    /// frozen: the forwarding channel's keepalive fails it), the request waits for the next
+    /// leader instead of failing, as long as the client's own deadline allows
+    /// ([`leader_wait_budget`]); an election takes well under a second.
     async fn here_or_leader<Req, Resp, Fut>(
         &self,
         node: &Node,
         req: Request<Req>,
-        call: impl FnOnce(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
+        reserved: Duration,
+        call: impl Fn(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
         failed: impl FnOnce(v2::Status) -> Resp,
     ) -> Result<Result<Request<Req>, Response<Resp>>, Status>
     where
+        Req: Clone,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
-        let addr = match self.placement(node, &req) {
-            Ok(None) => return Ok(Ok(req)),
-            Ok(Some(addr)) => addr,
-            Err(st) => return Ok(Err(Response::new(failed(st)))),
-        };
-        let c = self.leader_client(&addr)?;
-        Ok(Err(Response::new(
-            match call(c, Self::forward_request(req)).await {
-                // Only the message: the leader's response headers must not be re-sent.
-                Ok(r) => r.into_inner(),
-                Err(e) => failed(status(
-                    v2::Code::HaNotAvailable,
-                    format!("leader {addr}: {}", e.message()),
-                )),
-            },
-        )))
+        let forwarded = req.metadata().get(FORWARDED).is_some();
+        let deadline = tokio::time::Instant::now() + leader_wait_budget(req.metadata(), reserved);
+        loop {
+            let mut tried = None;
+            let last = match node.route() {
+                Ok(Route::Local) => return Ok(Ok(req)),
+                Ok(Route::Leader(id, addr)) if !forwarded => {
+                    tried = Some(id);
+                    let c = self.leader_client(&addr)?;
+                    let mut fwd = Request::new(req.get_ref().clone());
+                    *fwd.metadata_mut() = Self::forward_metadata(req.metadata());
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    fwd.set_timeout(left + reserved + FORWARD_SLACK);
+                    match call(c, fwd).await {
+                        // Only the message: the leader's response headers must not be re-sent.
+                        Ok(r) => return Ok(Err(Response::new(r.into_inner()))),
+                        Err(e) => status(
+                            v2::Code::HaNotAvailable,
+                            format!("leader {addr}: {}", e.message()),
+                        ),
+                    }
+                }
+                // A forwarded request is never forwarded again: a transport-level error tells
+                // the forwarding node to wait for the next leader and retry.
+                Ok(Route::Leader(..)) => {
+                    return Err(Status::unavailable(
+                        "not the leader; leadership is changing",
+                    ));
+                }
+                Err(e) if forwarded => return Err(Status::unavailable(e.to_string())),
+                Err(e) => error_status(&e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Err(Response::new(failed(last))));
+            }
+            let step = (tokio::time::Instant::now() + LEADER_POLL).min(deadline);
+            node.wait_leader_change(tried, step).await;
+        }
     }
 
     /// The client's `x-mq-*` headers plus the forwarded mark.
@@ -252,13 +281,6 @@ impl MessagingSvc {
             }
         }
         out.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        out
-    }
-
-    fn forward_request<T>(req: Request<T>) -> Request<T> {
-        let md = Self::forward_metadata(req.metadata());
-        let mut out = Request::new(req.into_inner());
-        *out.metadata_mut() = md;
         out
     }
 
@@ -449,7 +471,6 @@ impl MessagingSvc {
         let PopRequest {
             group,
             config: gc,
-            only_queue,
             topic,
             first_queue,
             batch,
@@ -458,16 +479,13 @@ impl MessagingSvc {
         } = *r;
         let lock = self.pick_lock(group, &topic.name);
         let _g = lock.lock().await;
-        let fifo = gc.fifo || topic.message_type == TopicMessageType::Fifo;
+        let fifo = gc.fifo;
         let now = now_ms();
         let until = now + invisible.as_millis() as i64;
         let mut out = Vec::new();
-        let queues: Vec<u32> = match only_queue {
-            Some(q) => vec![q],
-            None => (0..topic.queues)
-                .map(|i| (first_queue + i) % topic.queues.max(1))
-                .collect(),
-        };
+        let queues: Vec<u32> = (0..topic.queues)
+            .map(|i| (first_queue + i) % topic.queues.max(1))
+            .collect();
         for q in queues {
             if out.len() >= batch {
                 break;
@@ -580,6 +598,19 @@ impl MessagingSvc {
             }
         }
         Ok(if out.is_empty() { None } else { Some(out) })
+    }
+}
+
+/// How long a request may wait for a leader: the client's deadline (`grpc-timeout`) less
+/// `reserved` (a receive's long poll, which the leader spends) and a margin for the way
+/// back; [`DEFAULT_LEADER_WAIT`] when the client sent no deadline.
+fn leader_wait_budget(md: &tonic::metadata::MetadataMap, reserved: Duration) -> Duration {
+    match crate::protocol::grpc_timeout(md) {
+        Some(t) => t
+            .saturating_sub(reserved)
+            .saturating_sub(DEADLINE_MARGIN)
+            .min(Duration::from_secs(30)),
+        None => DEFAULT_LEADER_WAIT,
     }
 }
 
@@ -797,9 +828,9 @@ impl MessagingService for MessagingSvc {
                 self.sessions.add_topic(&client_id, &t.name);
             }
         }
-        // During an election a send waits (bounded) for the new leader instead of failing
-        // at once: the client's own retries are few and fast.
-        let deadline = tokio::time::Instant::now() + SEND_FAILOVER_WAIT;
+        // During an election a send waits for the new leader, within the client's deadline,
+        // instead of failing at once: the client's own retries are few and fast.
+        let deadline = tokio::time::Instant::now() + leader_wait_budget(&meta, Duration::ZERO);
         loop {
             let mut tried = None;
             let reply = match node.route() {
@@ -814,6 +845,8 @@ impl MessagingService for MessagingSvc {
                         messages: msgs.clone(),
                     });
                     *fwd.metadata_mut() = Self::forward_metadata(&meta);
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    fwd.set_timeout(left + FORWARD_SLACK);
                     match c.send_message(fwd).await {
                         // Only the message: the leader's response headers must not be re-sent.
                         Ok(r) => r.into_inner(),
@@ -845,9 +878,8 @@ impl MessagingService for MessagingSvc {
             if !retry || forwarded || tokio::time::Instant::now() >= deadline {
                 return Ok(Response::new(reply));
             }
-            // Retry as soon as another leader is known, and at least every 200 ms (a new
-            // leader refuses writes until a quorum has acknowledged it).
-            let step = (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+            // Retry as soon as another leader is known, and at least every LEADER_POLL.
+            let step = (tokio::time::Instant::now() + LEADER_POLL).min(deadline);
             node.wait_leader_change(tried, step).await;
         }
     }
@@ -857,12 +889,20 @@ impl MessagingService for MessagingSvc {
         req: Request<v2::ReceiveMessageRequest>,
     ) -> Result<Response<BoxStream<v2::ReceiveMessageResponse>>, Status> {
         let node = self.node()?;
+        // The long poll is spent on the leader: the client's deadline covers it.
+        let poll = req
+            .get_ref()
+            .long_polling_timeout
+            .as_ref()
+            .map(dur)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_LONG_POLL);
         let forward = |mut c: MessagingServiceClient<Channel>, r| async move {
             let s = c.receive_message(r).await?;
             Ok(s.map(|s| Box::pin(s) as BoxStream<_>))
         };
         let req = match self
-            .here_or_leader(&node, req, forward, |st| one(receive_status(st)))
+            .here_or_leader(&node, req, poll, forward, |st| one(receive_status(st)))
             .await?
         {
             Ok(req) => req,
@@ -918,16 +958,12 @@ impl MessagingService for MessagingSvc {
                 "invisible duration must be positive",
             )))));
         }
-        let poll = r
-            .long_polling_timeout
-            .as_ref()
-            .map(dur)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_LONG_POLL);
         let batch = r.batch_size.clamp(1, 1024) as usize;
-        let fifo = gc.fifo || topic.message_type == TopicMessageType::Fifo;
-        let only_queue =
-            (fifo && mq.id >= 0 && (mq.id as u32) < topic.queues).then_some(mq.id as u32);
+        // Only groups configured FIFO consume in order; any other group consumes a FIFO topic
+        // concurrently. Like the RocketMQ proxy, a receive pops from every queue of this
+        // group's share of the topic (the queue it names only says where to start): an
+        // orderly group skips queues that have a delivery in flight, so one blocked queue
+        // never stalls the others.
         // A receive that names no queue (id -1, as PushConsumer assignments do) starts at a
         // rotating queue so that no queue is always served first.
         let first_queue = if mq.id >= 0 {
@@ -941,7 +977,6 @@ impl MessagingService for MessagingSvc {
             let pr = PopRequest {
                 group: &state_key,
                 config: &gc,
-                only_queue,
                 topic: &topic,
                 first_queue,
                 batch,
@@ -1023,7 +1058,10 @@ impl MessagingService for MessagingSvc {
         let forward =
             |mut c: MessagingServiceClient<Channel>, r| async move { c.end_transaction(r).await };
         let failed = |st| v2::EndTransactionResponse { status: Some(st) };
-        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+        let req = match self
+            .here_or_leader(&node, req, Duration::ZERO, forward, failed)
+            .await?
+        {
             Ok(req) => req,
             Err(reply) => return Ok(reply),
         };
@@ -1104,8 +1142,7 @@ impl MessagingService for MessagingSvc {
             &topic_res,
             &[GroupRoute::new(&node.config.group, &topic, vec![addr])],
         );
-        let fifo =
-            node.sm.group_config(&group).fifo || topic.message_type == TopicMessageType::Fifo;
+        let fifo = node.sm.group_config(&group).fifo;
         // Orderly groups get every queue (one receive loop each, so each queue's order is
         // one consumer's order); others one entry with queue id -1: the broker pops from all
         // queues, as the RocketMQ proxy does.
@@ -1145,7 +1182,10 @@ impl MessagingService for MessagingSvc {
             c.forward_message_to_dead_letter_queue(r).await
         };
         let failed = |st| v2::ForwardMessageToDeadLetterQueueResponse { status: Some(st) };
-        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+        let req = match self
+            .here_or_leader(&node, req, Duration::ZERO, forward, failed)
+            .await?
+        {
             Ok(req) => req,
             Err(reply) => return Ok(reply),
         };
@@ -1189,7 +1229,10 @@ impl MessagingService for MessagingSvc {
             status: Some(st),
             entries: vec![],
         };
-        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+        let req = match self
+            .here_or_leader(&node, req, Duration::ZERO, forward, failed)
+            .await?
+        {
             Ok(req) => req,
             Err(reply) => return Ok(reply),
         };
@@ -1266,7 +1309,10 @@ impl MessagingService for MessagingSvc {
             status: Some(st),
             receipt_handle: handle,
         };
-        let req = match self.here_or_leader(&node, req, forward, failed).await? {
+        let req = match self
+            .here_or_leader(&node, req, Duration::ZERO, forward, failed)
+            .await?
+        {
             Ok(req) => req,
             Err(reply) => return Ok(reply),
         };

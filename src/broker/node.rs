@@ -84,8 +84,10 @@ impl NodeConfig {
             data_dir,
             flush: FlushMode::Sync,
             segment_size: 1 << 30,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            // A dead or frozen leader is replaced within ~0.3-0.6 s plus one vote round,
+            // which keeps the longest pause official clients see under a second.
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(300),
             retention_time: None,
             retention_bytes: None,
             retention_interval: Duration::from_secs(10),

@@ -9,6 +9,7 @@
 //! doubling, at most [`MAX_BACKOFF`]); the first failure is logged at `warn`, repeats at
 //! `debug`, the recovery at `info`. The task ends when the node shuts down.
 
+use openraft::type_config::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +154,7 @@ pub fn spawn(node: Arc<Node>) -> JoinHandle<()> {
         if targets.is_empty() {
             return;
         }
+        let mut leader = node.raft.metrics().borrow_watched().current_leader;
         loop {
             let tick = Instant::now();
             let interval = targets
@@ -175,10 +177,29 @@ pub fn spawn(node: Arc<Node>) -> JoinHandle<()> {
                 _ = futures::future::join_all(sends) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            // A leader change is reported at once, not at the next tick: the nameservers'
+            // proxies and routes then name the new leader within milliseconds.
             tokio::select! {
                 _ = tokio::time::sleep_until(tick + interval) => {}
+                _ = leader_change(&node, &mut leader) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
     })
+}
+
+/// Wait until the node's view of the leader differs from `*leader`, and record it.
+async fn leader_change(node: &Node, leader: &mut Option<crate::raft::NodeId>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        let now = metrics.borrow_watched().current_leader;
+        if now != *leader {
+            *leader = now;
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            // The Raft core stopped: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+    }
 }

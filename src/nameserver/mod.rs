@@ -10,12 +10,16 @@
 //! One port serves
 //! * `raftmq.nameserver.Nameserver` (`proto/raftmq/nameserver.proto`): `Heartbeat` from the
 //!   nodes, `GetRoutes` / `ListGroups` for tools ([`registry`]);
-//! * `apache.rocketmq.v2.MessagingService`'s access-point RPCs, so RocketMQ clients may use
-//!   nameservers as their endpoints: `QueryRoute` ([`route`]), `Telemetry` ([`settings`]),
-//!   `Heartbeat`, `NotifyClientTermination`.
+//! * `apache.rocketmq.v2.MessagingService`, so RocketMQ clients use nameservers as their
+//!   endpoints: by default as their **proxy** ([`proxy`]: routes name the nameserver and
+//!   every client RPC is relayed to the broker group serving it, which keeps official
+//!   clients working through a frozen or killed leader), or with `proxy = false` only the
+//!   access-point RPCs: `QueryRoute` ([`route`]), `Telemetry` ([`settings`]), `Heartbeat`,
+//!   `NotifyClientTermination`, with routes naming the brokers.
 //!
 //! [`route`] and [`settings`] are shared with the broker's own `MessagingService`.
 
+pub mod proxy;
 pub mod registry;
 pub mod service;
 
@@ -77,6 +81,9 @@ pub struct NameserverConfig {
     pub listen: SocketAddr,
     /// Drop a node whose last report is older than this (3 heartbeat intervals).
     pub node_timeout: Duration,
+    /// Relay every client RPC to the broker groups ([`proxy`]) instead of answering only
+    /// the access-point RPCs ([`service::AccessPointService`]).
+    pub proxy: bool,
 }
 
 impl NameserverConfig {
@@ -85,6 +92,7 @@ impl NameserverConfig {
         NameserverConfig {
             listen,
             node_timeout: DEFAULT_NODE_TIMEOUT,
+            proxy: true,
         }
     }
 }
@@ -106,6 +114,11 @@ pub struct NameserverArgs {
     /// nodes heartbeat every third of it, at most every second).
     #[arg(long, env = "RAFTMQ_NAMESERVER_NODE_TIMEOUT_MS")]
     pub node_timeout_ms: Option<u64>,
+    /// Act as the clients' proxy: routes name this nameserver and it relays every client RPC
+    /// to the broker groups (default true; false answers only QueryRoute, Heartbeat,
+    /// Telemetry and NotifyClientTermination, and routes name the brokers).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_PROXY")]
+    pub proxy: Option<bool>,
 }
 
 impl NameserverArgs {
@@ -114,6 +127,7 @@ impl NameserverArgs {
         NameserverSettings {
             listen: self.listen.clone(),
             node_timeout_ms: self.node_timeout_ms,
+            proxy: self.proxy,
         }
     }
 
@@ -151,10 +165,16 @@ impl Nameserver {
         let streams_rx = rx.clone();
         let registry_svc =
             NameserverServer::new(service::RegistryService::new(Arc::clone(&registry)));
-        let access_svc = MessagingServiceServer::new(service::AccessPointService::new(
-            Arc::clone(&registry),
-            streams_rx,
-        ));
+        let (proxy_svc, access_svc) = if config.proxy {
+            let svc = proxy::ProxyService::new(Arc::clone(&registry), streams_rx);
+            let svc = MessagingServiceServer::new(svc)
+                .max_decoding_message_size(proxy::MAX_MESSAGE)
+                .max_encoding_message_size(proxy::MAX_MESSAGE);
+            (Some(svc), None)
+        } else {
+            let svc = service::AccessPointService::new(Arc::clone(&registry), streams_rx);
+            (None, Some(MessagingServiceServer::new(svc)))
+        };
         let incoming = futures::stream::unfold(listener, |l| async move {
             let r = l.accept().await.map(|(s, _)| {
                 let _ = s.set_nodelay(true);
@@ -168,7 +188,8 @@ impl Nameserver {
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(registry_svc)
-                .add_service(access_svc)
+                .add_optional_service(proxy_svc)
+                .add_optional_service(access_svc)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })

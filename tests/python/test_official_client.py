@@ -95,6 +95,8 @@ def test_thousand_messages_round_trip(cluster, via):
 def test_fifo_groups_consumed_in_send_order(cluster):
     topic = "fifo-orders"
     cluster.create_topic(topic, queues=4, message_type="fifo")
+    # Order is a property of the consumer group (RocketMQ's orderly groups), not of the topic.
+    cluster.create_group("fifo-consumer", "--fifo")
     p = Producer(config(cluster.nameserver), (topic,))
     p.startup()
     order = {g: [] for g in ("g0", "g1", "g2")}
