@@ -1,19 +1,26 @@
 //! The chaos suite, short version for CI: a 3-node group under at least 10 leader kills and
 //! one of every other fault kind (pauses, partitions, torn tail, disk full, retention lag)
-//! for about 75 s, with a checked history. The checker's own tests run here too. The long
-//! version is the `raftmq-chaos` binary (raft-tests/chaos, see raft-tests/README.md).
+//! for about 75 s, driven by both workloads (raftmq::client and the official Python client,
+//! from the venv `.ci/run` installs: a missing venv fails the test), with a checked history:
+//! no safety violation and no liveness failure. The checker's own tests run here too. The
+//! long version is the `raftmq-chaos` binary (raft-tests/chaos, see raft-tests/README.md).
 
 #[allow(dead_code)]
 #[path = "chaos/src/lib.rs"]
 mod chaos;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chaos::{nemesis, run};
+use chaos::{checker, nemesis, pyclient, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_chaos_run_loses_nothing() {
     let out = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var_os("RAFTMQ_CHAOS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/pyenv/bin/python"));
     let cfg = run::RunConfig {
         bin: env!("CARGO_BIN_EXE_raftmq").into(),
         duration: Duration::from_secs(60),
@@ -26,7 +33,15 @@ async fn short_chaos_run_loses_nothing() {
         groups: 1,
         out_dir: out.path().to_path_buf(),
         keep: false,
+        clients: run::Clients::Both,
+        python: Some(pyclient::PyConfig {
+            python,
+            script: root.join("raft-tests/chaos/python/workload.py"),
+        }),
+        drain: Duration::from_secs(90),
+        check: checker::CheckConfig::default(),
     };
+    // Fails (does not skip) without the Python venv: CI always installs it.
     let report = run::run(cfg).await.expect("chaos run");
     println!("{}", run::summary(&report));
     let a = &report.analysis;
@@ -68,4 +83,24 @@ async fn short_chaos_run_loses_nothing() {
         assert!(r.indices_compared > 0);
     }
     assert_eq!(report.safety_violations, 0);
+
+    // The official client ran: both producers had sends acknowledged, nothing crashed.
+    let py = a
+        .clients
+        .get("python")
+        .expect("python sends in the history");
+    assert!(
+        py.send_calls > py.failed_sends + 50,
+        "python producers made progress: {py:?}"
+    );
+    for p in &report.python {
+        assert!(!p.exited_early, "python {} exited early: {p:?}", p.name);
+    }
+    // Liveness: every consumer group (Rust and Python) kept making progress and got every
+    // acknowledged message of its topic by the end of the drain.
+    assert_eq!(
+        report.liveness_failures, 0,
+        "liveness: {:#?}\nprogress: {:#?}",
+        a.liveness_failures, a.liveness
+    );
 }

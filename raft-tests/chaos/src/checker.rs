@@ -73,6 +73,84 @@ pub struct Analysis {
     pub rto_max_ms: u64,
     /// Max RTO per fault kind.
     pub rto_max_by_kind_ms: BTreeMap<String, u64>,
+    /// The stall bound of the liveness rule (ms without an active fault).
+    pub liveness_stall_bound_ms: u64,
+    /// Progress of every subscribed consumer group.
+    pub liveness: Vec<GroupLiveness>,
+    /// Liveness failures: a consumer group that went longer than the bound without a new
+    /// delivery, counting only time with no active fault, while acknowledged messages of its
+    /// topic waited for it; or that had not received every acknowledged message of its topic
+    /// when the final drain ended.
+    pub liveness_failures: Vec<String>,
+    /// Number of liveness failures.
+    pub liveness_failure_count: usize,
+    /// Send calls per client library (`rust`: raftmq::client, `python`: the official client).
+    pub clients: BTreeMap<String, ClientSends>,
+}
+
+/// Settings of the checker.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// Longest a consumer group may go without a new delivery while acknowledged messages wait
+    /// for it, counting only time with no active fault (fault start to its heal), in ms.
+    pub stall_bound_ms: u64,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig {
+            stall_bound_ms: 20_000,
+        }
+    }
+}
+
+/// One consumer group's progress.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupLiveness {
+    /// The group.
+    pub consumer_group: String,
+    /// Its topic.
+    pub topic: String,
+    /// Messages it must receive: acknowledged to their producer, neither lost nor expired.
+    pub expected: usize,
+    /// ... of which it had not received when the drain ended.
+    pub missing_at_end: usize,
+    /// Longest time without a new delivery while messages waited for it, counting only time
+    /// with no active fault (ms).
+    pub longest_stall_ms: u64,
+    /// Where that stall was: history ms from, to.
+    pub longest_stall_at: (u64, u64),
+    /// Stalls longer than the bound.
+    pub stalls_over_bound: usize,
+}
+
+/// One client library's send calls.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClientSends {
+    /// Producers.
+    pub producers: usize,
+    /// Send calls.
+    pub send_calls: usize,
+    /// Send calls that failed (the client's own retries inside a call included).
+    pub failed_sends: usize,
+    /// Longest time between two acknowledged sends of one producer (ms).
+    pub longest_gap_ms: u64,
+    /// By fault kind. A fault's window runs from its start to the next fault's start.
+    pub by_fault_kind: BTreeMap<String, FaultSends>,
+}
+
+/// Sends under the faults of one kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultSends {
+    /// Faults of the kind.
+    pub faults: usize,
+    /// Failed send calls started in their windows.
+    pub failed_sends: usize,
+    /// Longest gap between two acknowledged sends of one producer overlapping a window: max
+    /// over the kind's faults (ms).
+    pub gap_max_ms: u64,
+    /// ... p99 over the kind's faults (ms).
+    pub gap_p99_ms: u64,
 }
 
 impl Analysis {
@@ -133,9 +211,202 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Analyse a history.
+/// Milliseconds of `[a, b)` during which no fault was active (`windows` sorted and disjoint).
+fn healed_ms(windows: &[(u64, u64)], a: u64, b: u64) -> u64 {
+    if b <= a {
+        return 0;
+    }
+    let mut faulty = 0;
+    let first = windows.partition_point(|(_, e)| *e <= a);
+    for (s, e) in &windows[first..] {
+        if *s >= b {
+            break;
+        }
+        faulty += (*e).min(b).saturating_sub((*s).max(a));
+    }
+    (b - a).saturating_sub(faulty)
+}
+
+/// The liveness rule, per subscribed consumer group (see [`Analysis::liveness_failures`]).
+#[allow(clippy::too_many_arguments)]
+fn liveness(
+    a: &mut Analysis,
+    cfg: &CheckConfig,
+    subs: &BTreeMap<String, Vec<(String, bool)>>,
+    sends: &BTreeMap<String, SendInfo>,
+    deliv: &BTreeMap<(String, String), Vec<(u64, Option<Slot>, i32)>>,
+    excluded: &BTreeSet<&String>,
+    windows: &[(u64, u64)],
+    horizon: u64,
+) {
+    let mut first: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for ((cg, id), ds) in deliv {
+        if let Some(t) = ds.iter().map(|d| d.0).min() {
+            first.entry(cg).or_default().insert(id, t);
+        }
+    }
+    for (topic, groups) in subs {
+        let groups: BTreeSet<&String> = groups.iter().map(|(cg, _)| cg).collect();
+        for cg in groups {
+            let got = first.get(cg.as_str());
+            // (first delivery to the group or never, acknowledged at), by first delivery.
+            let mut expect: Vec<(u64, u64)> = sends
+                .iter()
+                .filter(|(id, s)| &s.topic == topic && !excluded.contains(id))
+                .filter_map(|(id, s)| {
+                    let fd = got.and_then(|g| g.get(id.as_str())).copied();
+                    Some((fd.unwrap_or(u64::MAX), s.first_ack?))
+                })
+                .collect();
+            expect.sort_unstable();
+            // Earliest acknowledgement among the messages from index i on.
+            let mut earliest = vec![u64::MAX; expect.len() + 1];
+            for i in (0..expect.len()).rev() {
+                earliest[i] = earliest[i + 1].min(expect[i].1);
+            }
+            let mut progress: Vec<u64> = got
+                .map(|g| g.values().copied().filter(|t| *t < horizon).collect())
+                .unwrap_or_default();
+            progress.sort_unstable();
+            progress.dedup();
+            progress.push(horizon);
+            let mut g = GroupLiveness {
+                consumer_group: cg.clone(),
+                topic: topic.clone(),
+                expected: expect.len(),
+                ..Default::default()
+            };
+            // Between two new deliveries (prev, next): the group stalls from the moment a
+            // message not delivered by `prev` has been acknowledged.
+            let mut prev = 0u64;
+            for next in progress {
+                let i = expect.partition_point(|(fd, _)| *fd <= prev);
+                let from = prev.max(earliest[i]);
+                let raw = next.saturating_sub(from);
+                if from < next && (raw > g.longest_stall_ms || raw > cfg.stall_bound_ms) {
+                    let healed = healed_ms(windows, from, next);
+                    if healed > g.longest_stall_ms {
+                        g.longest_stall_ms = healed;
+                        g.longest_stall_at = (from, next);
+                    }
+                    if healed > cfg.stall_bound_ms {
+                        g.stalls_over_bound += 1;
+                        push(
+                            &mut a.liveness_failures,
+                            &mut a.liveness_failure_count,
+                            format!(
+                                "{cg} ({topic}): no new delivery for {healed} ms without an active \
+                                 fault ({from}..{next} ms) while {} acknowledged messages waited",
+                                expect[i..].iter().filter(|(_, ack)| *ack < next).count()
+                            ),
+                        );
+                    }
+                }
+                prev = next;
+            }
+            g.missing_at_end = expect.iter().filter(|(fd, _)| *fd >= horizon).count();
+            if g.missing_at_end > 0 {
+                push(
+                    &mut a.liveness_failures,
+                    &mut a.liveness_failure_count,
+                    format!(
+                        "{cg} ({topic}): {} of {} acknowledged messages not received when the \
+                         drain ended ({horizon} ms)",
+                        g.missing_at_end,
+                        expect.len()
+                    ),
+                );
+            }
+            a.liveness.push(g);
+        }
+    }
+}
+
+/// Failed sends and gaps between acknowledged sends per client library and fault kind.
+fn client_sends(
+    calls: &BTreeMap<String, (String, Vec<(u64, u64, bool)>)>,
+    faults: &[(u64, String)],
+) -> BTreeMap<String, ClientSends> {
+    let mut faults = faults.to_vec();
+    faults.sort_by_key(|(t, _)| *t);
+    let starts: Vec<u64> = faults.iter().map(|(t, _)| *t).collect();
+    let window_of = |t: u64| starts.partition_point(|s| *s <= t).checked_sub(1);
+    let mut out: BTreeMap<String, ClientSends> = BTreeMap::new();
+    // client → per fault (failed calls, longest overlapping gap)
+    let mut per_fault: BTreeMap<String, Vec<(usize, Option<u64>)>> = BTreeMap::new();
+    for (client, cs) in calls.values() {
+        let c = out.entry(client.clone()).or_default();
+        let pf = per_fault
+            .entry(client.clone())
+            .or_insert_with(|| vec![(0, None); starts.len()]);
+        c.producers += 1;
+        c.send_calls += cs.len();
+        for (t0, _, ok) in cs {
+            if !ok {
+                c.failed_sends += 1;
+                if let Some(i) = window_of(*t0) {
+                    pf[i].0 += 1;
+                }
+            }
+        }
+        // The producer's timeline: first call, every acknowledgement, end of its last call.
+        let mut points: Vec<u64> = cs.iter().filter(|c| c.2).map(|c| c.1).collect();
+        points.sort_unstable();
+        let Some(first) = cs.iter().map(|c| c.0).min() else {
+            continue;
+        };
+        let last = cs.iter().map(|c| c.1).max().unwrap_or(first);
+        points.insert(0, first);
+        points.push(last);
+        for w in points.windows(2) {
+            let (from, to) = (w[0], w[1]);
+            if to <= from {
+                continue;
+            }
+            let gap = to - from;
+            c.longest_gap_ms = c.longest_gap_ms.max(gap);
+            let mut i = window_of(from).unwrap_or(0);
+            while i < starts.len() && starts[i] < to {
+                if starts.get(i + 1).is_none_or(|next| *next > from) {
+                    pf[i].1 = Some(pf[i].1.unwrap_or(0).max(gap));
+                }
+                i += 1;
+            }
+        }
+    }
+    for (client, pf) in per_fault {
+        let c = out.entry(client).or_default();
+        let mut gaps: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (i, (failed, gap)) in pf.iter().enumerate() {
+            let kind = faults[i].1.as_str();
+            let k = c.by_fault_kind.entry(kind.to_string()).or_default();
+            k.faults += 1;
+            k.failed_sends += failed;
+            if let Some(g) = gap {
+                gaps.entry(kind).or_default().push(*g);
+            }
+        }
+        for (kind, mut v) in gaps {
+            v.sort_unstable();
+            let k = c.by_fault_kind.entry(kind.to_string()).or_default();
+            k.gap_max_ms = v.last().copied().unwrap_or(0);
+            k.gap_p99_ms = percentile(&v, 99.0);
+        }
+    }
+    out
+}
+
+/// Analyse a history with the default settings.
 pub fn check(events: &[Event]) -> Analysis {
-    let mut a = Analysis::default();
+    check_with(events, &CheckConfig::default())
+}
+
+/// Analyse a history.
+pub fn check_with(events: &[Event], cfg: &CheckConfig) -> Analysis {
+    let mut a = Analysis {
+        liveness_stall_bound_ms: cfg.stall_bound_ms,
+        ..Default::default()
+    };
     let mut subs: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
     let mut sends: BTreeMap<String, SendInfo> = BTreeMap::new();
     let mut slots: BTreeMap<Slot, BTreeSet<String>> = BTreeMap::new();
@@ -145,11 +416,19 @@ pub fn check(events: &[Event]) -> Analysis {
     let mut queue_mins: BTreeMap<(String, String, u32), Vec<u64>> = BTreeMap::new();
     let mut ok_sends: Vec<(u64, u64)> = Vec::new(); // (t0, t1)
     let mut faults: Vec<(u64, String)> = Vec::new();
-    // (consumer group, id) → deliveries (t, slot, attempt) and acks (t, ok), in history order.
-    let mut deliv: BTreeMap<(String, String), Vec<(u64, Slot, i32)>> = BTreeMap::new();
+    // (consumer group, id) → deliveries (t, slot if the client said, attempt) and acks (t, ok),
+    // in history order.
+    let mut deliv: BTreeMap<(String, String), Vec<(u64, Option<Slot>, i32)>> = BTreeMap::new();
     let mut acks: BTreeMap<(String, String), Vec<(u64, bool)>> = BTreeMap::new();
     // Delivery stream per consumer group, in history order: (t, id).
     let mut streams: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    // Fault windows [start, end] in history order (one fault at a time).
+    let mut windows: Vec<(u64, u64)> = Vec::new();
+    let mut open_fault: Option<u64> = None;
+    // Producer → client library and its calls (t0, t1, acknowledged).
+    let mut calls: BTreeMap<String, (String, Vec<(u64, u64, bool)>)> = BTreeMap::new();
+    let mut last_t = 0u64;
+    let mut drain_end: Option<u64> = None;
 
     for e in events {
         match e {
@@ -165,6 +444,7 @@ pub fn check(events: &[Event]) -> Analysis {
                 t0,
                 t1,
                 producer,
+                client,
                 id,
                 topic,
                 message_group,
@@ -173,6 +453,14 @@ pub fn check(events: &[Event]) -> Analysis {
                 ..
             } => {
                 a.send_calls += 1;
+                last_t = last_t.max(*t1);
+                calls
+                    .entry(producer.clone())
+                    .or_insert_with(|| {
+                        (client.clone().unwrap_or_else(|| "rust".into()), Vec::new())
+                    })
+                    .1
+                    .push((*t0, *t1, matches!(outcome, SendOutcome::Ok { .. })));
                 let s = sends.entry(id.clone()).or_insert_with(|| SendInfo {
                     topic: topic.clone(),
                     producer: producer.clone(),
@@ -199,6 +487,12 @@ pub fn check(events: &[Event]) -> Analysis {
                     }
                     ok_sends.push((*t0, *t1));
                 }
+                if let SendOutcome::Unknown {
+                    attempts: Some(n), ..
+                } = outcome
+                {
+                    s.calls += n.saturating_sub(1) as usize;
+                }
             }
             Event::Deliver {
                 t,
@@ -212,12 +506,16 @@ pub fn check(events: &[Event]) -> Analysis {
                 ..
             } => {
                 a.deliveries += 1;
-                let slot = (
-                    broker_group.clone(),
-                    topic.clone(),
-                    (*queue).max(0) as u32,
-                    (*offset).max(0) as u64,
-                );
+                last_t = last_t.max(*t);
+                // A negative queue or offset: the client did not say where it came from.
+                let slot = (*queue >= 0 && *offset >= 0).then(|| {
+                    (
+                        broker_group.clone(),
+                        topic.clone(),
+                        *queue as u32,
+                        *offset as u64,
+                    )
+                });
                 deliv
                     .entry((consumer_group.clone(), id.clone()))
                     .or_default()
@@ -232,14 +530,27 @@ pub fn check(events: &[Event]) -> Analysis {
                 consumer_group,
                 id,
                 ok,
-            } => acks
-                .entry((consumer_group.clone(), id.clone()))
-                .or_default()
-                .push((*t, *ok)),
+            } => {
+                last_t = last_t.max(*t);
+                acks.entry((consumer_group.clone(), id.clone()))
+                    .or_default()
+                    .push((*t, *ok))
+            }
             Event::Fault { t, kind, start, .. } => {
+                last_t = last_t.max(*t);
+                if let Some(s) = open_fault.take() {
+                    windows.push((s, *t));
+                }
                 if *start {
                     *a.faults.entry(kind.clone()).or_default() += 1;
                     faults.push((*t, kind.clone()));
+                    open_fault = Some(*t);
+                }
+            }
+            Event::Phase { t, name } => {
+                last_t = last_t.max(*t);
+                if name == "drain-end" {
+                    drain_end = Some(*t);
                 }
             }
             Event::FinalQueue {
@@ -288,11 +599,10 @@ pub fn check(events: &[Event]) -> Analysis {
     let seen_at = positions
         .iter()
         .flat_map(|(id, p)| p.iter().map(move |slot| (id, slot)))
-        .chain(
-            deliv
-                .iter()
-                .flat_map(|((_, id), ds)| ds.iter().map(move |(_, slot, _)| (id, slot))),
-        );
+        .chain(deliv.iter().flat_map(|((_, id), ds)| {
+            ds.iter()
+                .filter_map(move |(_, slot, _)| Some((id, slot.as_ref()?)))
+        }));
     for (id, slot) in seen_at {
         if let Some(g) = sends.get(id).and_then(|s| s.group.clone()) {
             group_queues
@@ -304,6 +614,7 @@ pub fn check(events: &[Event]) -> Analysis {
 
     // Lost / expired.
     let mut expired: BTreeSet<String> = BTreeSet::new();
+    let mut lost_ids: BTreeSet<String> = BTreeSet::new();
     for (id, s) in &sends {
         if s.first_ack.is_none() || positions.contains_key(id) || delivered_ids.contains(id) {
             continue;
@@ -323,6 +634,7 @@ pub fn check(events: &[Event]) -> Analysis {
             a.expired_undelivered += 1;
             expired.insert(id.clone());
         } else {
+            lost_ids.insert(id.clone());
             push(
                 &mut a.lost,
                 &mut a.lost_count,
@@ -383,7 +695,10 @@ pub fn check(events: &[Event]) -> Analysis {
                 // retention has trimmed since): fine if a delivery came from that offset.
                 let other_copy = s.calls > 1
                     && deliv.iter().any(|((_, did), ds)| {
-                        did == id && ds.iter().any(|(_, d, _)| d.3 == *o as u64)
+                        did == id
+                            && ds
+                                .iter()
+                                .any(|(_, d, _)| d.as_ref().is_some_and(|d| d.3 == *o as u64))
                     });
                 if *o >= 0 && (*o as u64 != slot.3 || other_queue) && !other_copy {
                     push(
@@ -398,6 +713,7 @@ pub fn check(events: &[Event]) -> Analysis {
     let mut delivered_slots: BTreeMap<Slot, BTreeSet<String>> = BTreeMap::new();
     for ((_, id), ds) in &deliv {
         for (_, slot, _) in ds {
+            let Some(slot) = slot else { continue };
             delivered_slots
                 .entry(slot.clone())
                 .or_default()
@@ -548,6 +864,17 @@ pub fn check(events: &[Event]) -> Analysis {
         }
     }
 
+    // Liveness: up to the end of the drain (or of the history).
+    let horizon = drain_end.unwrap_or(last_t);
+    if let Some(s) = open_fault.take() {
+        windows.push((s, horizon.max(s)));
+    }
+    let excluded: BTreeSet<&String> = lost_ids.iter().chain(expired.iter()).collect();
+    liveness(
+        &mut a, cfg, &subs, &sends, &deliv, &excluded, &windows, horizon,
+    );
+    a.clients = client_sends(&calls, &faults);
+
     // RTO: fault → first acknowledged send started after it.
     ok_sends.sort_unstable();
     let mut rtos = Vec::new();
@@ -634,11 +961,46 @@ pub fn table(a: &Analysis) -> String {
         .collect();
     row("RTO max by fault kind (ms)", by_kind.join(", "));
     row("faults with no later ack", a.rto_unrecovered.to_string());
+    for (client, c) in &a.clients {
+        row(
+            &format!("{client} sends: calls / failed / longest gap"),
+            format!(
+                "{} / {} / {} ms ({} producers)",
+                c.send_calls, c.failed_sends, c.longest_gap_ms, c.producers
+            ),
+        );
+        let by_kind: Vec<String> = c
+            .by_fault_kind
+            .iter()
+            .map(|(k, f)| format!("{k}={}/{}/{}", f.failed_sends, f.gap_max_ms, f.gap_p99_ms))
+            .collect();
+        row(
+            &format!("{client} failed / gap max / p99 (ms) by fault"),
+            by_kind.join(", "),
+        );
+    }
+    for g in &a.liveness {
+        row(
+            &format!("progress {}", g.consumer_group),
+            format!(
+                "{} of {} received, longest stall {} ms ({}..{} ms), {} stalls > {} ms",
+                g.expected - g.missing_at_end,
+                g.expected,
+                g.longest_stall_ms,
+                g.longest_stall_at.0,
+                g.longest_stall_at.1,
+                g.stalls_over_bound,
+                a.liveness_stall_bound_ms
+            ),
+        );
+    }
+    row("LIVENESS FAILURES", a.liveness_failure_count.to_string());
     for (name, v) in [
         ("lost", &a.lost),
         ("unseen", &a.unseen),
         ("order", &a.order_violations),
         ("offsets", &a.inconsistent_offsets),
+        ("liveness", &a.liveness_failures),
     ] {
         for x in v {
             s.push_str(&format!("  ! {name}: {x}\n"));
@@ -656,6 +1018,7 @@ mod tests {
             t0: t,
             t1: t + 1,
             producer: "p1".into(),
+            client: None,
             id: id.into(),
             topic: if group.is_some() { "fifo" } else { "normal" }.into(),
             message_group: group.map(str::to_string),
@@ -670,6 +1033,7 @@ mod tests {
                 },
                 None => SendOutcome::Unknown {
                     error: "timeout".into(),
+                    attempts: None,
                 },
             },
         }
@@ -738,6 +1102,7 @@ mod tests {
             t0: 10,
             t1: 11,
             producer: "p1".into(),
+            client: None,
             id: id.into(),
             topic: "normal".into(),
             message_group: None,
@@ -979,5 +1344,205 @@ mod tests {
         assert_eq!(a.rto_ms, vec![("kill-leader".to_string(), 1401)]);
         assert_eq!(a.rto_unrecovered, 1);
         assert_eq!(a.faults.get("kill-leader"), Some(&1));
+    }
+
+    fn fault(t: u64, kind: &str, start: bool) -> Event {
+        Event::Fault {
+            t,
+            kind: kind.into(),
+            detail: String::new(),
+            start,
+        }
+    }
+
+    fn drain_end(t: u64) -> Event {
+        Event::Phase {
+            t,
+            name: "drain-end".into(),
+        }
+    }
+
+    /// A normal message acknowledged at `t` (the call took 1 ms).
+    fn acked_at(id: &str, seq: u64, t: u64) -> Event {
+        send(id, seq, None, t - 1, Some(seq as i64))
+    }
+
+    fn progress<'a>(a: &'a Analysis, cg: &str) -> &'a GroupLiveness {
+        a.liveness
+            .iter()
+            .find(|g| g.consumer_group == cg)
+            .expect("group in the liveness report")
+    }
+
+    #[test]
+    fn a_consumer_that_stops_making_progress_is_a_liveness_failure() {
+        let mut h = subs();
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            h.push(acked_at(id, i as u64, 1000 * (i as u64 + 1)));
+        }
+        h.push(deliver("cg", "a", "normal", 0, 0, 1100));
+        // b waits from its ack (2 s) to 30 s with no fault active: 28 s without progress.
+        h.push(deliver("cg", "b", "normal", 0, 1, 30_000));
+        // c and d (stored: the final read has them) never arrive before the drain ends.
+        h.push(drain_end(40_000));
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            h.push(fin(id, "normal", 0, i as u64));
+        }
+        let a = check(&h);
+        assert_eq!(a.safety_violations(), 0, "{a:#?}");
+        let g = progress(&a, "cg");
+        assert_eq!((g.expected, g.missing_at_end), (4, 2), "{g:#?}");
+        assert_eq!(g.stalls_over_bound, 1, "{g:#?}");
+        assert_eq!(g.longest_stall_ms, 28_000);
+        assert_eq!(g.longest_stall_at, (2000, 30_000));
+        assert_eq!(a.liveness_failure_count, 2, "{:#?}", a.liveness_failures);
+        assert!(a.liveness_failures[0].contains("no new delivery for 28000 ms"));
+        assert!(a.liveness_failures[1].contains("2 of 4 acknowledged messages not received"));
+        // The FIFO group had nothing to receive: no failure for it.
+        assert_eq!(progress(&a, "cf").expected, 0);
+
+        // Redeliveries of what it already has are not progress.
+        let mut h = subs();
+        h.push(acked_at("a", 0, 1000));
+        h.push(acked_at("b", 1, 2000));
+        h.push(deliver("cg", "a", "normal", 0, 0, 1100));
+        for t in (5000..40_000).step_by(5000) {
+            h.push(deliver("cg", "a", "normal", 0, 0, t));
+        }
+        h.push(deliver("cg", "b", "normal", 0, 1, 40_000));
+        h.push(drain_end(41_000));
+        let a = check(&h);
+        assert_eq!(progress(&a, "cg").stalls_over_bound, 1, "{a:#?}");
+        assert_eq!(a.liveness_failure_count, 1);
+    }
+
+    #[test]
+    fn waiting_out_a_fault_or_having_nothing_to_receive_is_not_a_liveness_failure() {
+        let mut h = subs();
+        h.push(acked_at("a", 0, 1000));
+        h.push(deliver("cg", "a", "normal", 0, 0, 1100));
+        // b waits 26 s, but 23 s of it a fault is active: 3 s without progress count.
+        h.push(acked_at("b", 1, 4000));
+        h.push(fault(5000, "pause-leader", true));
+        h.push(fault(28_000, "pause-leader", false));
+        h.push(deliver("cg", "b", "normal", 0, 1, 30_000));
+        // Then a minute with nothing sent: the consumer is idle, not stuck.
+        h.push(acked_at("c", 2, 90_000));
+        h.push(deliver("cg", "c", "normal", 0, 2, 90_500));
+        h.push(drain_end(100_000));
+        let a = check(&h);
+        let g = progress(&a, "cg");
+        assert_eq!(a.liveness_failure_count, 0, "{:#?}", a.liveness_failures);
+        assert_eq!((g.expected, g.missing_at_end), (3, 0));
+        assert_eq!(g.longest_stall_ms, 3000, "{g:#?}");
+
+        // The bound is a setting: at 2 s the same history fails.
+        let a = check_with(
+            &h,
+            &CheckConfig {
+                stall_bound_ms: 2000,
+            },
+        );
+        assert_eq!(a.liveness_failure_count, 1, "{:#?}", a.liveness_failures);
+
+        // A message lost (or expired) is reported as such, not again as a stalled consumer.
+        let mut h = subs();
+        h.push(acked_at("a", 0, 1000));
+        h.push(fin_queue("normal", 0, 0, 1));
+        h.push(drain_end(60_000));
+        let a = check(&h);
+        assert_eq!((a.lost_count, a.liveness_failure_count), (1, 0), "{a:#?}");
+    }
+
+    /// One call of Python producer `py` (t0..t1), acknowledged or failed.
+    fn py_call(id: &str, t0: u64, t1: u64, ok: bool) -> Event {
+        Event::Send {
+            t0,
+            t1,
+            producer: "py".into(),
+            client: Some("python".into()),
+            id: id.into(),
+            topic: "normal".into(),
+            message_group: None,
+            seq: 0,
+            attempt: 1,
+            outcome: if ok {
+                SendOutcome::Ok {
+                    offset: 0,
+                    broker_group: None,
+                    queue: None,
+                    attempts: Some(1),
+                }
+            } else {
+                SendOutcome::Unknown {
+                    error: "DEADLINE_EXCEEDED".into(),
+                    attempts: Some(3),
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn failed_sends_and_gaps_are_reported_per_client_and_fault_kind() {
+        let mut h = subs();
+        for (i, t) in (100..=900).step_by(100).enumerate() {
+            h.push(py_call(&format!("a{i}"), t - 10, t, true));
+        }
+        h.push(fault(1000, "kill-leader", true));
+        h.push(py_call("f", 1000, 4000, false));
+        h.push(fault(2000, "kill-leader", false));
+        h.push(py_call("b", 4000, 5000, true));
+        for (i, t) in (5100..=9000).step_by(100).enumerate() {
+            h.push(py_call(&format!("c{i}"), t - 10, t, true));
+        }
+        h.push(fault(8000, "pause-leader", true));
+        h.push(fault(9000, "pause-leader", false));
+        let a = check(&h);
+        let py = &a.clients["python"];
+        assert!(!a.clients.contains_key("rust"));
+        assert_eq!((py.producers, py.failed_sends), (1, 1), "{py:#?}");
+        assert_eq!(py.longest_gap_ms, 4100);
+        let kill = &py.by_fault_kind["kill-leader"];
+        assert_eq!(
+            (
+                kill.faults,
+                kill.failed_sends,
+                kill.gap_max_ms,
+                kill.gap_p99_ms
+            ),
+            (1, 1, 4100, 4100)
+        );
+        let pause = &py.by_fault_kind["pause-leader"];
+        assert_eq!((pause.failed_sends, pause.gap_max_ms), (0, 100));
+        assert_eq!((a.send_calls, a.indeterminate), (51, 1));
+
+        // The client's three attempts inside the failed call explain two stored copies.
+        h.push(fin("f", "normal", 0, 5));
+        h.push(fin("f", "normal", 1, 6));
+        let a = check(&h);
+        assert_eq!(
+            (a.stored_duplicates, a.stored_duplicates_explained_by_retry),
+            (1, 1)
+        );
+        assert_eq!(
+            a.inconsistent_offset_count, 0,
+            "{:?}",
+            a.inconsistent_offsets
+        );
+    }
+
+    #[test]
+    fn a_delivery_without_a_place_is_not_an_offset_clash() {
+        let mut h = subs();
+        h.push(send("a", 0, None, 10, Some(0)));
+        h.push(send("b", 1, None, 20, Some(1)));
+        h.push(fin("a", "normal", 0, 0));
+        h.push(fin("b", "normal", 1, 1));
+        // The Python client does not always say where a message came from: -1.
+        h.push(deliver("cg", "a", "normal", -1, -1, 30));
+        h.push(deliver("cg", "b", "normal", -1, -1, 31));
+        let a = check(&h);
+        assert_eq!(a.safety_violations(), 0, "{a:#?}");
+        assert_eq!((a.delivered, a.unseen_count), (2, 0));
     }
 }

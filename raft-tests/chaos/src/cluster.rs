@@ -89,7 +89,7 @@ pub fn admin(
 }
 
 /// Children get SIGKILL when the harness dies, however it dies.
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl(2) is async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(cmd, || {

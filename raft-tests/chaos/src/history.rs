@@ -21,6 +21,10 @@ pub enum Event {
         t0: u64,
         t1: u64,
         producer: String,
+        /// The client library that made the call: absent for the Rust workload
+        /// (`raftmq::client`), `python` for the official Python client.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
         id: String,
         topic: String,
         message_group: Option<String>,
@@ -63,6 +67,9 @@ pub enum Event {
         min: u64,
         max: u64,
     },
+    /// A step of the run: `nemesis-start`, `nemesis-end` (faults over, producers stop),
+    /// `drain-start` (everything healed, consumers catch up), `drain-end` (consumers stop).
+    Phase { t: u64, name: String },
     /// One message as served by one node at the end.
     Final {
         broker_group: String,
@@ -91,13 +98,19 @@ pub enum SendOutcome {
         attempts: Option<u32>,
     },
     /// Failed or timed out: it may or may not have been stored.
-    Unknown { error: String },
+    Unknown {
+        error: String,
+        /// Attempts the client made inside this call, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempts: Option<u32>,
+    },
 }
 
 /// A shared, append-only history, streamed to a file as it grows.
 #[derive(Clone)]
 pub struct History {
     start: Instant,
+    start_epoch_ms: u64,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -113,8 +126,13 @@ impl History {
             Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
             None => None,
         };
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Ok(History {
             start: Instant::now(),
+            start_epoch_ms: epoch,
             inner: Arc::new(Mutex::new(Inner {
                 events: Vec::new(),
                 file,
@@ -125,6 +143,11 @@ impl History {
     /// Milliseconds since the history began.
     pub fn now(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// The history's time 0 as Unix epoch milliseconds (for clients in other processes).
+    pub fn start_epoch_ms(&self) -> u64 {
+        self.start_epoch_ms
     }
 
     /// Append an event.

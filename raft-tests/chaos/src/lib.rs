@@ -17,6 +17,8 @@ pub mod history;
 pub mod nemesis;
 #[path = "net.rs"]
 pub mod net;
+#[path = "pyclient.rs"]
+pub mod pyclient;
 #[path = "replica.rs"]
 pub mod replica;
 #[path = "rng.rs"]

@@ -5,13 +5,14 @@
 //! cargo run -p raftmq-chaos --release -- --duration 20m --seed 7 --faults all \
 //!     --raftmq-bin target/release/raftmq
 //! ```
-//! Exit status: 0 clean, 1 safety violation, 2 the run itself failed.
+//! Exit status: 0 clean, 1 safety violation (whatever else), 3 liveness failure and no safety
+//! violation, 2 the run itself failed (no verdict).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use raftmq_chaos::{nemesis, run};
+use raftmq_chaos::{checker, nemesis, pyclient, run};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chaos suite for raftmq: faults, a workload, a history and a checker")]
@@ -45,6 +46,20 @@ struct Args {
     /// Only check an existing history file and print the analysis.
     #[arg(long)]
     check: Option<PathBuf>,
+    /// Workloads: `rust` (raftmq::client), `python` (the official Python client) or `both`.
+    #[arg(long, default_value = "both")]
+    clients: String,
+    /// The Python interpreter of a venv with `rocketmq-python-client==5.1.2` (default:
+    /// $RAFTMQ_CHAOS_PYTHON, else target/pyenv/bin/python of this workspace).
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Liveness: longest a consumer group may go without a new delivery, while acknowledged
+    /// messages wait for it, counting only time with no active fault.
+    #[arg(long, default_value = "20s")]
+    liveness_stall: String,
+    /// How long consumers may take to catch up after the faults (everything healed).
+    #[arg(long, default_value = "90s")]
+    drain: String,
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -59,11 +74,34 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     }))
 }
 
+/// A verdict.
+enum Verdict {
+    Clean,
+    Safety,
+    Liveness,
+}
+
+fn verdict(safety: usize, liveness: usize) -> Verdict {
+    if safety > 0 {
+        Verdict::Safety
+    } else if liveness > 0 {
+        Verdict::Liveness
+    } else {
+        Verdict::Clean
+    }
+}
+
+/// The workspace's root (this crate is raft-tests/chaos).
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn main() {
     let args = Args::parse();
     let code = match real_main(args) {
-        Ok(true) => 0,
-        Ok(false) => 1,
+        Ok(Verdict::Clean) => 0,
+        Ok(Verdict::Safety) => 1,
+        Ok(Verdict::Liveness) => 3,
         Err(e) => {
             eprintln!("raftmq-chaos: {e:#}");
             2
@@ -87,13 +125,21 @@ async fn interrupted() -> &'static str {
     }
 }
 
-fn real_main(args: Args) -> anyhow::Result<bool> {
+fn real_main(args: Args) -> anyhow::Result<Verdict> {
+    let check = checker::CheckConfig {
+        stall_bound_ms: parse_duration(&args.liveness_stall)?.as_millis() as u64,
+    };
     if let Some(p) = args.check {
         let events = raftmq_chaos::history::load(&p)?;
-        let a = raftmq_chaos::checker::check(&events);
-        print!("{}", raftmq_chaos::checker::table(&a));
-        return Ok(a.safety_violations() == 0);
+        let a = checker::check_with(&events, &check);
+        print!("{}", checker::table(&a));
+        return Ok(verdict(a.safety_violations(), a.liveness_failure_count));
     }
+    let clients = run::Clients::parse(&args.clients)?;
+    let python = args
+        .python
+        .or_else(|| std::env::var_os("RAFTMQ_CHAOS_PYTHON").map(PathBuf::from))
+        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
     let cfg = run::RunConfig {
         bin: args.raftmq_bin.canonicalize()?,
         duration: parse_duration(&args.duration)?,
@@ -103,6 +149,13 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         groups: args.groups.clamp(1, 2),
         out_dir: args.out,
         keep: args.keep,
+        clients,
+        python: Some(pyclient::PyConfig {
+            python,
+            script: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/workload.py"),
+        }),
+        drain: parse_duration(&args.drain)?,
+        check,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -124,5 +177,5 @@ fn real_main(args: Args) -> anyhow::Result<bool> {
         "report: {}",
         report.history.with_file_name("report.json").display()
     );
-    Ok(report.safety_violations == 0)
+    Ok(verdict(report.safety_violations, report.liveness_failures))
 }

@@ -4,14 +4,50 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::Serialize;
 
-use super::checker::{self, Analysis};
+use super::checker::{self, Analysis, CheckConfig};
 use super::cluster::{Cluster, ClusterConfig};
 use super::history::{Event, History};
 use super::nemesis::{self, Kind, Nemesis, NemesisStats};
+use super::pyclient::{self, PyConfig, PyRole, PyWorkload};
 use super::replica::{self, ReplicaReport};
-use super::workload::{self, FIFO_TOPIC, FILLER_TOPIC, NORMAL_TOPIC, QUEUES, Workload};
+use super::workload::{self, Control, FIFO_TOPIC, FILLER_TOPIC, NORMAL_TOPIC, QUEUES, Workload};
+
+/// Which workloads run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Clients {
+    /// `raftmq::client` only.
+    Rust,
+    /// The official Python client only.
+    Python,
+    /// Both, side by side (on their own topics and groups).
+    Both,
+}
+
+impl Clients {
+    /// Parse `rust`, `python` or `both`.
+    pub fn parse(s: &str) -> anyhow::Result<Clients> {
+        Ok(match s {
+            "rust" => Clients::Rust,
+            "python" => Clients::Python,
+            "both" => Clients::Both,
+            _ => anyhow::bail!("--clients: `rust`, `python` or `both`, not `{s}`"),
+        })
+    }
+
+    /// Whether the Rust workload runs.
+    pub fn rust(self) -> bool {
+        self != Clients::Python
+    }
+
+    /// Whether the Python workload runs.
+    pub fn python(self) -> bool {
+        self != Clients::Rust
+    }
+}
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -32,6 +68,14 @@ pub struct RunConfig {
     pub out_dir: PathBuf,
     /// Keep the cluster's data directory.
     pub keep: bool,
+    /// Which workloads run.
+    pub clients: Clients,
+    /// The Python workload's interpreter and driver (needed unless `clients` is `Rust`).
+    pub python: Option<PyConfig>,
+    /// How long consumers may take to catch up once everything is healed and producers stopped.
+    pub drain: Duration,
+    /// The checker's settings (the liveness stall bound).
+    pub check: CheckConfig,
 }
 
 /// The outcome.
@@ -53,6 +97,14 @@ pub struct Report {
     pub nemesis: NemesisStats,
     /// Every safety violation count summed (history + replicas).
     pub safety_violations: usize,
+    /// Liveness failures (consumer groups that stopped making progress); see the checker.
+    pub liveness_failures: usize,
+    /// Which workloads ran.
+    pub clients: Clients,
+    /// The official Python client's version, when it ran.
+    pub python_client_version: Option<String>,
+    /// The Python workload's processes.
+    pub python: Vec<PyRole>,
     /// Where the history is.
     pub history: PathBuf,
 }
@@ -60,6 +112,16 @@ pub struct Report {
 /// Run.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.out_dir)?;
+    // Before anything starts: the Python workload must be runnable (never skipped quietly).
+    let py_cfg = if cfg.clients.python() {
+        let p = cfg
+            .python
+            .clone()
+            .context("the Python workload needs an interpreter and a driver")?;
+        Some((pyclient::check_env(&p)?, p))
+    } else {
+        None
+    };
     let history_path = cfg.out_dir.join("history.jsonl");
     let h = History::new(Some(&history_path))?;
     let ccfg = ClusterConfig {
@@ -88,6 +150,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     for (cg, _, fifo, _) in workload::CONSUMER_GROUPS {
         c.setup_group(cg, *fifo).await?;
     }
+    let mut checked_topics = vec![NORMAL_TOPIC, FIFO_TOPIC];
+    if py_cfg.is_some() {
+        for (t, q, kind) in pyclient::PY_TOPICS {
+            c.setup_topic(t, *q, kind).await?;
+            checked_topics.push(t);
+        }
+        for (cg, _, fifo) in pyclient::PY_CONSUMER_GROUPS {
+            c.setup_group(cg, *fifo).await?;
+        }
+    }
     // Routes reach the nameserver with the next heartbeats: wait for one accepted send.
     let probe = raftmq::client::Producer::with_timeout(&c.ns_addr, Duration::from_secs(3))?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -105,17 +177,39 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let run_tag = (std::process::id() ^ (cfg.seed as u32)) & 0x7FFF_FFFF;
-    let mut w = Workload::start(
-        &h,
-        &c.ns_addr,
-        run_tag,
-        2,
-        2,
-        4,
-        Duration::from_millis(20),
-        c.group_of_addr(),
-    );
+    let ctl = Control::default();
+    // The Python processes carry the run's tag (as the data directory does) in their command
+    // line, so that a leftover one can be told apart.
+    let mut py = match &py_cfg {
+        Some((_, p)) => Some(
+            PyWorkload::start(
+                &h,
+                &ctl,
+                &c.ns_addr,
+                c.group_of_addr(),
+                p,
+                &cfg.out_dir,
+                &format!("raftmq-chaos-{}-py", std::process::id()),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut w = cfg.clients.rust().then(|| {
+        Workload::start(
+            &h,
+            &ctl,
+            &c.ns_addr,
+            run_tag,
+            2,
+            2,
+            4,
+            Duration::from_millis(20),
+            c.group_of_addr(),
+        )
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
+    phase(&h, "nemesis-start");
 
     let mut nem = Nemesis::new(cfg.seed);
     let head = nemesis::plan(&mut nem.rng, &kinds, cfg.leader_kills);
@@ -130,7 +224,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             break;
         };
         n += 1;
-        if let Err(e) = nem.fault(kind, &mut c, &h, &w.ctl).await {
+        if let Err(e) = nem.fault(kind, &mut c, &h, &ctl).await {
             nem.stats
                 .skipped
                 .push(format!("{} #{n}: {e:#}", kind.name()));
@@ -150,17 +244,22 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         tokio::time::sleep(gap).await;
     }
     let nemesis_secs = started.elapsed().as_secs_f64();
+    phase(&h, "nemesis-end");
 
     // Quiesce: stop producing, heal, let consumers drain.
-    w.stop_producers().await;
+    if let Some(w) = w.as_mut() {
+        w.stop_producers().await;
+    }
+    if let Some(p) = py.as_mut() {
+        p.stop_producers().await;
+    }
     nem.heal_all(&mut c, "final", Duration::from_secs(60)).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
+    phase(&h, "drain-start");
+    let deadline = Instant::now() + cfg.drain;
     loop {
-        let idle = h.now().saturating_sub(
-            w.ctl
-                .last_delivery
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let idle = h
+            .now()
+            .saturating_sub(ctl.last_delivery.load(std::sync::atomic::Ordering::Relaxed));
         if workload::all_acked_delivered(&h.events()) && idle > 1000 || idle > 12_000 {
             break;
         }
@@ -169,7 +268,15 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    w.stop_consumers().await;
+    if let Some(w) = w.as_mut() {
+        w.stop_consumers().await;
+    }
+    if let Some(p) = py.as_mut() {
+        p.stop_consumers().await;
+    }
+    phase(&h, "drain-end");
+    let python = py.as_ref().map(|p| p.roles()).unwrap_or_default();
+    drop(py);
 
     // Final read of every replica, and the committed index per group.
     let mut committed = Vec::new();
@@ -177,7 +284,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let l = c.converge(&g, Duration::from_secs(60)).await?;
         committed.push(c.status(&g, l).await.and_then(|s| s.committed).unwrap_or(0));
         for id in c.ids(&g) {
-            for topic in [NORMAL_TOPIC, FIFO_TOPIC] {
+            for topic in checked_topics.iter().copied() {
                 for (q, min, max, msgs) in c.read_all(&g, id, topic, QUEUES).await? {
                     h.record(Event::FinalQueue {
                         broker_group: g.clone(),
@@ -209,9 +316,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         replicas.push(replica::check_group(g, &dirs, committed[k], c.cfg.segment_bytes).await);
     }
     let events = h.events();
-    let analysis = checker::check(&events);
+    let analysis = checker::check_with(&events, &cfg.check);
     let safety_violations =
         analysis.safety_violations() + replicas.iter().map(|r| r.problems.len()).sum::<usize>();
+    let liveness_failures = analysis.liveness_failure_count;
     let report = Report {
         seed: cfg.seed,
         groups: cfg.groups,
@@ -221,16 +329,27 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         replicas,
         nemesis: nem.stats,
         safety_violations,
+        liveness_failures,
+        clients: cfg.clients,
+        python_client_version: py_cfg.map(|(v, _)| v),
+        python,
         history: history_path,
     };
     std::fs::write(
         cfg.out_dir.join("report.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    if safety_violations > 0 {
+    if safety_violations > 0 || liveness_failures > 0 {
         c.keep();
     }
     Ok(report)
+}
+
+fn phase(h: &History, name: &str) {
+    h.record(Event::Phase {
+        t: h.now(),
+        name: name.into(),
+    });
 }
 
 /// The printed summary.
@@ -281,9 +400,33 @@ pub fn summary(r: &Report) -> String {
     for x in r.nemesis.skipped.iter().take(10) {
         s.push_str(&format!("  ~ skipped: {x}\n"));
     }
+    for p in &r.python {
+        s.push_str(&format!(
+            "  {:<40} sends {} (failed {}), received {}, failed acks {}, errors {}, {}{}\n",
+            format!("python {} {}", p.role, p.name),
+            p.sends,
+            p.failed_sends,
+            p.deliveries,
+            p.failed_acks,
+            p.errors,
+            p.exit,
+            if p.exited_early {
+                " (EXITED BEFORE THE STOP)"
+            } else {
+                ""
+            }
+        ));
+        for e in p.error_samples.iter().take(3) {
+            s.push_str(&format!("  ~ {}: {e}\n", p.name));
+        }
+    }
     s.push_str(&format!(
         "  {:<40} {}\n",
         "SAFETY VIOLATIONS", r.safety_violations
+    ));
+    s.push_str(&format!(
+        "  {:<40} {}\n",
+        "LIVENESS FAILURES", r.liveness_failures
     ));
     s
 }

@@ -98,6 +98,7 @@ async fn producer_loop(
                 t0,
                 t1,
                 producer: name.clone(),
+                client: None,
                 id: id.clone(),
                 topic: topic.into(),
                 message_group: group.clone(),
@@ -117,6 +118,7 @@ async fn producer_loop(
                     }
                     Err(e) => SendOutcome::Unknown {
                         error: e.to_string(),
+                        attempts: None,
                     },
                 },
             });
@@ -186,6 +188,7 @@ impl Workload {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         h: &History,
+        ctl: &Control,
         ns: &str,
         run: u32,
         normal_producers: u32,
@@ -194,7 +197,7 @@ impl Workload {
         gap: Duration,
         groups_by_addr: BTreeMap<String, String>,
     ) -> Workload {
-        let ctl = Control::default();
+        let ctl = ctl.clone();
         let by_addr = Arc::new(groups_by_addr);
         let mut consumers = Vec::new();
         for (cg, topic, fifo, n) in CONSUMER_GROUPS {
@@ -265,12 +268,19 @@ impl Workload {
 }
 
 /// Whether every acknowledged message of a topic has been delivered to every group subscribed
-/// to it, according to the history so far.
+/// to it (by a `Subscribe` event: the Rust and the Python workload's groups), according to the
+/// history so far.
 pub fn all_acked_delivered(events: &[Event]) -> bool {
     let mut acked: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
     let mut got: std::collections::BTreeSet<(&str, &str)> = Default::default();
+    let mut subs: Vec<(&str, &str)> = Vec::new();
     for e in events {
         match e {
+            Event::Subscribe {
+                consumer_group,
+                topic,
+                ..
+            } => subs.push((consumer_group, topic)),
             Event::Send {
                 id,
                 topic,
@@ -287,7 +297,7 @@ pub fn all_acked_delivered(events: &[Event]) -> bool {
             _ => {}
         }
     }
-    CONSUMER_GROUPS.iter().all(|(cg, topic, _, _)| {
+    subs.iter().all(|(cg, topic)| {
         acked
             .get(topic)
             .is_none_or(|ids| ids.iter().all(|id| got.contains(&(*cg, *id))))
