@@ -1,0 +1,211 @@
+"""Leader faults under the unchanged official Python client: a normal and a FIFO producer
+(4 message groups) send without pause, a normal and a FIFO consumer group receive, and the
+group leader is killed (SIGKILL, then restarted) or frozen (SIGSTOP, then SIGCONT), the two
+alternating. Reported: failed sends (after the client's own retries), acknowledged messages
+never delivered, FIFO order violations, and per fault the longest gap between acknowledged
+sends of each producer.
+
+`test_failover.py` runs a few faults and asserts the correctness figures; the timing is a
+benchmark (machines are noisy), run with more faults from the command line:
+
+    cargo build --release
+    target/pyenv/bin/python tests/python/failover.py --faults 12 --bin target/release/raftmq \
+        [--out bench/results/failover.json]
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from conftest import Cluster, Receiver, client_config, wait_for  # noqa: E402
+
+NORMAL, FIFO = "fo-normal", "fo-fifo"
+NORMAL_G, FIFO_G = "fo-normal-g", "fo-fifo-g"
+MESSAGE_GROUPS = 4
+
+
+class SendLoop:
+    """One official Producer sending one message at a time until stopped; every call is
+    recorded as (start, end, ok, message id, message group, seq, error)."""
+
+    def __init__(self, endpoint, topic, fifo):
+        from rocketmq import Producer
+        self.producer = Producer(client_config(endpoint), (topic,))
+        self.topic, self.fifo = topic, fifo
+        self.calls = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.producer.startup()
+        self._thread.start()
+
+    def _run(self):
+        from rocketmq import Message
+        seq = 0
+        while not self._stop.is_set():
+            m = Message()
+            m.topic = self.topic
+            group = f"mg{seq % MESSAGE_GROUPS}" if self.fifo else None
+            if group:
+                m.message_group = group
+            m.body = f"{group or '-'}:{seq}".encode()
+            m.add_property("seq", str(seq))
+            t0 = time.time()
+            try:
+                r = self.producer.send(m)
+                rec = (t0, time.time(), True, r.message_id, group, seq, None)
+            except Exception as e:  # noqa: BLE001 - every failure is a recorded outcome
+                rec = (t0, time.time(), False, None, group, seq, str(e)[:200])
+            with self._lock:
+                self.calls.append(rec)
+            seq += 1
+
+    def acked(self):
+        with self._lock:
+            return [c for c in self.calls if c[2]]
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.producer.shutdown()
+
+
+def longest_gap(acks, start, end):
+    """Longest time between consecutive acknowledgements (send completions) in [start, end]."""
+    ts = sorted(a[1] for a in acks if start <= a[1] <= end)
+    ts = [start] + ts
+    return max((b - a for a, b in zip(ts, ts[1:])), default=end - start)
+
+
+def run(cluster, faults, sends_between=60, log=print):
+    cluster.create_topic(NORMAL, queues=4)
+    cluster.create_topic(FIFO, queues=4, message_type="fifo")
+    cluster.create_group(NORMAL_G)
+    cluster.create_group(FIFO_G, "--fifo")
+    ep = cluster.nameserver
+    producers = {"normal": SendLoop(ep, NORMAL, False), "fifo": SendLoop(ep, FIFO, True)}
+    consumers = {"normal": Receiver(ep, NORMAL_G, NORMAL, invisible=15, await_duration=2),
+                 "fifo": Receiver(ep, FIFO_G, FIFO, invisible=15, await_duration=2)}
+    for c in consumers.values():
+        c.__enter__()
+    for p in producers.values():
+        p.start()
+    records = []
+    try:
+        def progressed(n):
+            base = {k: len(p.acked()) for k, p in producers.items()}
+            return lambda: all(len(p.acked()) >= base[k] + n for k, p in producers.items())
+
+        wait_for(progressed(sends_between), 60, "sends before the first fault")
+        for i in range(faults):
+            kind = "kill" if i % 2 == 0 else "stop"
+            leader = cluster.leader()
+            t = time.time()
+            if kind == "kill":
+                cluster.kill(leader)
+            else:
+                cluster.procs[leader].send_signal(signal.SIGSTOP)
+            # Both producers must get going again with the leader gone or frozen.
+            wait_for(progressed(sends_between), 60, f"sends after fault {i} ({kind} node {leader})")
+            if kind == "kill":
+                cluster.start(leader)
+            else:
+                cluster.procs[leader].send_signal(signal.SIGCONT)
+            healed = time.time()
+            cluster.wait_all_up()
+            wait_for(progressed(sends_between // 2), 60, f"sends after healing fault {i}")
+            records.append({"fault": i, "kind": kind, "node": leader, "start": t, "healed": healed})
+            log(f"fault {i}: {kind} node {leader}, healed after {healed - t:.2f}s")
+    finally:
+        for p in producers.values():
+            p.stop()
+    acked = {k: p.acked() for k, p in producers.items()}
+    ids = {k: {a[3] for a in v} for k, v in acked.items()}
+    for k, c in consumers.items():
+        try:
+            c.wait_for_ids(ids[k], 90)
+        except AssertionError:
+            pass  # reported as lost below
+        c.stop()
+    report = {"faults": records, "producers": {}, "consumers": {}}
+    for k, p in producers.items():
+        failed = [c for c in p.calls if not c[2]]
+        gaps = [longest_gap(acked[k], r["start"] - 0.5, r["healed"]) for r in records]
+        report["producers"][k] = {
+            "sends": len(p.calls), "acked": len(acked[k]), "failed": len(failed),
+            "failures": [c[6] for c in failed[:5]],
+            "gap_per_fault_s": [round(g, 3) for g in gaps],
+        }
+    for k, c in consumers.items():
+        got = c.snapshot()
+        seen = {m.message_id for m, _ in got}
+        lost = sorted(ids[k] - seen)
+        entry = {"delivered": len(got), "distinct": len(seen), "lost": len(lost), "lost_ids": lost[:5],
+                 "receive_errors": len(c.errors)}
+        if k == "fifo":
+            # First deliveries of each message group must follow send order.
+            last, violations, first = {}, 0, set()
+            for m, _ in got:
+                if m.message_id in first:
+                    continue
+                first.add(m.message_id)
+                seq = int(m.properties.get("seq", "-1"))
+                g = m.message_group
+                if g in last and seq < last[g]:
+                    violations += 1
+                last[g] = max(seq, last.get(g, -1))
+            entry["order_violations"] = violations
+        report["consumers"][k] = entry
+    return report
+
+
+def summary(report):
+    lines = []
+    for k, p in report["producers"].items():
+        gaps = sorted(p["gap_per_fault_s"])
+        p99 = gaps[min(len(gaps) - 1, int(round(0.99 * (len(gaps) - 1))))] if gaps else None
+        lines.append(f"{k:6} producer: {p['sends']} sends, {p['acked']} acked, {p['failed']} failed; "
+                     f"longest gap per fault p50 {gaps[len(gaps) // 2] if gaps else None}s "
+                     f"p99 {p99}s max {gaps[-1] if gaps else None}s")
+    for k, c in report["consumers"].items():
+        lines.append(f"{k:6} consumer: {c['distinct']} distinct of {c['delivered']} deliveries, "
+                     f"lost {c['lost']}" + (f", order violations {c['order_violations']}" if "order_violations" in c else ""))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faults", type=int, default=12)
+    ap.add_argument("--bin", default=None, help="raftmq binary (default: $RAFTMQ_BIN or target/debug/raftmq)")
+    ap.add_argument("--out", default=None, help="write the report as JSON here")
+    a = ap.parse_args()
+    if a.bin:
+        import conftest
+        conftest.BIN = a.bin
+    c = Cluster()
+    try:
+        c.wait_all_up()
+        c.leader()
+        report = run(c, a.faults)
+    finally:
+        c.close()
+    report["bin"] = a.bin
+    print(summary(report))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=1)
+    bad = any(p["failed"] for p in report["producers"].values()) or any(
+        c["lost"] or c.get("order_violations") for c in report["consumers"].values())
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
