@@ -1,8 +1,9 @@
 //! `raftmq dev` used as a user would, with `raftmq admin`, `raftmq produce` and
 //! `raftmq consume` as separate processes: create a topic, produce 100 messages, consume and
 //! ack 40, Ctrl-C (SIGINT) the dev cluster — every process it started must be gone and its
-//! ports free — restart it on the same data directory and consume exactly the other 60 with
-//! the same group.
+//! ports free — restart it on the same data directory and, as soon as the nameserver port
+//! accepts (before the group has a leader), consume exactly the other 60 with the same group
+//! through the unchanged official Python client, which must see no error on the way.
 //!
 //! `raftmq dev` listens on FIXED ports (nameserver 9876, nodes 8081-8083); no other test uses
 //! them, and this one fails at once, saying so, if any of them is taken. The dev process runs
@@ -311,6 +312,67 @@ fn check_consumed(got: &[Consumed], produced: &BTreeMap<String, (String, String)
     }
 }
 
+/// Receive and ack `want` messages of the group with the official Python client
+/// (`target/pyenv`, set up by `.ci/run`), failing on the first error it raises.
+fn official_consume(want: usize, budget: &Budget) -> Vec<Consumed> {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: .ci/run creates it (python3 -m venv target/pyenv && target/pyenv/bin/pip \
+         install rocketmq-python-client==5.1.2)",
+        py.display()
+    );
+    let script = r#"
+import sys, time
+from rocketmq import ClientConfiguration, Credentials, FilterExpression, SimpleConsumer
+ns, group, topic, want, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+c = SimpleConsumer(ClientConfiguration(ns, Credentials()), group, {topic: FilterExpression("*")}, await_duration=2)
+c.startup()
+got, deadline = 0, time.time() + budget
+try:
+    while got < want and time.time() < deadline:
+        for m in c.receive(32, 15):
+            c.ack(m)
+            tag = m.tag or "-"
+            print(m.message_id, tag, m.body.decode(), flush=True)
+            got += 1
+finally:
+    c.shutdown()
+"#;
+    let within = budget.step(Duration::from_secs(90));
+    let out = Command::new(&py)
+        .args([
+            "-c",
+            script,
+            NS,
+            GROUP,
+            TOPIC,
+            &want.to_string(),
+            &within.as_secs_f64().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the official Python consumer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the official consumer raised after the restart:\n{stderr}\n{stdout}"
+    );
+    stdout
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ' ');
+            match (f.next(), f.next(), f.next()) {
+                (Some(id), Some(tag), Some(body)) => {
+                    (id.to_string(), tag.to_string(), body.to_string())
+                }
+                _ => panic!("not `<id> <tag> <body>`: {l:?}"),
+            }
+        })
+        .collect()
+}
+
 fn wait_ports_free(within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -440,11 +502,22 @@ fn dev_cluster_produce_consume_restart() {
     wait_ports_free(budget.step(Duration::from_secs(5)));
     drop(dev);
 
-    // Restart on the same data: the same group gets exactly the other 60, once each.
+    // Restart on the same data and consume with the official Python client as soon as the
+    // nameserver accepts: the same group gets exactly the other 60, once each, and the client
+    // sees no error while the group elects its leader.
     let mut dev = Dev::start(&data, tmp.path().join("dev2.stderr"));
-    dev.wait_up(budget.step(Duration::from_secs(60)));
-    let rest = consume(&["--json"], &budget);
+    let accept_by = Instant::now() + budget.step(Duration::from_secs(60));
+    while std::net::TcpStream::connect(NS).is_err() {
+        assert!(
+            Instant::now() < accept_by,
+            "the restarted nameserver never accepted\n{}",
+            dev.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rest = official_consume(60, &budget);
     check_consumed(&rest, &produced);
+    dev.wait_up(budget.step(Duration::from_secs(60)));
     let first_ids: BTreeSet<&String> = first.iter().map(|(id, _, _)| id).collect();
     let rest_ids: BTreeSet<&String> = rest.iter().map(|(id, _, _)| id).collect();
     let want: BTreeSet<&String> = produced

@@ -46,10 +46,10 @@ mod telemetry;
 
 /// Ping interval and timeout of the proxy's channels to broker nodes: a frozen node's
 /// channel, and every request on it, fails within two of these.
-pub const KEEPALIVE: Duration = Duration::from_millis(250);
+pub const KEEPALIVE: Duration = Duration::from_millis(200);
 /// How long one member gets to answer a unary request before the next is tried. Sends
 /// answer in milliseconds; a retried send is stored once (message ids are deduplicated).
-pub const PER_TRY: Duration = Duration::from_millis(400);
+pub const PER_TRY: Duration = Duration::from_millis(300);
 /// Kept free of the client's deadline for the answer's way back.
 const MARGIN: Duration = Duration::from_millis(300);
 /// Budget of a request that carries no deadline.
@@ -301,13 +301,19 @@ impl MessagingService for ProxyService {
         &self,
         req: Request<api::QueryRouteRequest>,
     ) -> Result<Response<api::QueryRouteResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
         let Some(topic) = req.topic.filter(|t| !t.name.is_empty()) else {
             return Ok(Response::new(api::QueryRouteResponse {
                 status: Some(status(api::Code::IllegalTopic, "topic must not be empty")),
                 message_queues: Vec::new(),
             }));
         };
+        // Right after a (re)start no broker has reported yet: wait for the first report
+        // rather than calling every topic unknown.
+        let deadline = tokio::time::Instant::now() + budget(&md, Duration::ZERO);
+        while self.inner.registry.groups().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(HA_PAUSE).await;
+        }
         let mut groups = self.inner.topic_groups(&topic.name);
         let via: Vec<String> = req
             .endpoints
