@@ -21,7 +21,8 @@ holds producers until consumers have caught up); `stop`, end of stdin, SIGTERM, 
 Observation only: the driver wraps two client internals without changing what they do, to
 record what the public API does not expose: the SendMessage RPC (to count the attempts one
 `send()` made, so that the checker can tell a client retry's duplicate from a broker fault) and
-`Message.fromProtobuf` (to read the queue id and offset a delivered message carries).
+`Message.fromProtobuf` (to read the queue id, offset and store host a delivered message
+carries: the client's Message keeps none of them).
 """
 
 import argparse
@@ -130,6 +131,7 @@ def observe_delivered_places():
             sp = message.system_properties
             self._chaos_queue = int(sp.queue_id)
             self._chaos_offset = int(sp.queue_offset) if sp.HasField("queue_offset") else -1
+            self._chaos_store_host = sp.store_host
         except Exception:  # noqa: BLE001
             pass
         return r
@@ -144,11 +146,12 @@ def config():
     return ClientConfiguration(ARGS.access_point, Credentials())
 
 
-def receipt_place(receipt):
-    """(broker group, queue id) of a send receipt; the route names brokers `<group>@<address>`."""
+def route_entry(receipt):
+    """(broker name, queue id) of the route entry the client sent to. Not necessarily where the
+    message is stored: the client's SendMessage carries no queue id, the broker picks one."""
     try:
         mq = receipt.message_queue.message_queue0()
-        return mq.broker.name.split("@")[0], int(mq.id)
+        return mq.broker.name, int(mq.id)
     except Exception:  # noqa: BLE001
         return None, None
 
@@ -180,13 +183,14 @@ def run_producer(fifo):
             try:
                 r = producer.send(msg)
                 rec["t1"] = now()
-                bg, q = receipt_place(r)
-                rec.update(ok=True, id=r.message_id, offset=int(r.offset), broker_group=bg, queue=q)
+                broker, q = route_entry(r)
+                rec.update(ok=True, id=r.message_id, offset=int(r.offset), route_broker=broker,
+                           route_queue=q)
             except Exception as e:  # noqa: BLE001 - every failure is an outcome to record
                 rec["t1"] = now()
                 rec.update(ok=False, id=msg.message_id, error=err_text(e))
             calls += 1
-            rec["attempts"] = attempts.pop(rec["id"], None) if rec["id"] else None
+            rec["attempts"] = attempts.pop(msg.message_id, None) if msg.message_id else None
             if not rec["id"]:
                 # Refused before an id was assigned (e.g. no route yet): nothing was sent.
                 rec["id"] = f"unsent-{ARGS.name}-{calls}"
@@ -232,6 +236,7 @@ def run_consumer():
                 received += 1
                 emit({"type": "deliver", "t": t, "consumer_group": ARGS.group, "consumer": ARGS.name,
                       "id": m.message_id, "topic": m.topic, "endpoint": str(m.endpoints),
+                      "store_host": getattr(m, "_chaos_store_host", ""),
                       "queue": getattr(m, "_chaos_queue", -1), "offset": getattr(m, "_chaos_offset", -1),
                       "attempt": m.delivery_attempt or 0, "message_group": m.message_group})
             for m in batch:

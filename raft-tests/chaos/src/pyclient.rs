@@ -53,7 +53,7 @@ pub struct PyRole {
     pub role: String,
     /// Its name in the history.
     pub name: String,
-    /// Lines read / lines that were not a known event.
+    /// Lines read.
     pub lines: usize,
     /// Lines that did not parse.
     pub bad_lines: usize,
@@ -96,10 +96,6 @@ enum Line {
         #[serde(default)]
         offset: Option<i64>,
         #[serde(default)]
-        broker_group: Option<String>,
-        #[serde(default)]
-        queue: Option<i64>,
-        #[serde(default)]
         attempts: Option<u32>,
         #[serde(default)]
         error: Option<String>,
@@ -111,6 +107,8 @@ enum Line {
         id: String,
         topic: String,
         endpoint: String,
+        #[serde(default)]
+        store_host: String,
         queue: i32,
         offset: i64,
         attempt: i32,
@@ -221,23 +219,19 @@ fn convert(
             seq,
             ok,
             offset,
-            broker_group,
-            queue,
             attempts,
             error,
         } => {
             st.sends += 1;
             let outcome = match (ok, offset) {
-                (true, Some(offset)) => {
-                    // The queue is certain only when one attempt stored the message.
-                    let first = attempts == Some(1);
-                    SendOutcome::Ok {
-                        offset,
-                        broker_group: broker_group.filter(|_| first),
-                        queue: queue.and_then(|q| u32::try_from(q).ok()).filter(|_| first),
-                        attempts,
-                    }
-                }
+                // The receipt names the route entry the client sent to, not the queue: the
+                // client's SendMessage carries no queue id, the broker picks it.
+                (true, Some(offset)) => SendOutcome::Ok {
+                    offset,
+                    broker_group: None,
+                    queue: None,
+                    attempts,
+                },
                 _ => {
                     st.failed_sends += 1;
                     let error = error.unwrap_or_else(|| "acknowledged without an offset".into());
@@ -265,19 +259,32 @@ fn convert(
             id,
             topic,
             endpoint,
+            store_host,
             queue,
             offset,
             attempt,
         } => {
             st.deliveries += 1;
             ctl.last_delivery.fetch_max(t, Ordering::Relaxed);
+            // The node that served it (store host), else the endpoint the client used when
+            // that is a node; through the nameserver's relay neither may name a node, and then
+            // the place is unknown (-1) rather than attributed to a wrong group.
+            let group = by_addr
+                .get(&store_host)
+                .or_else(|| by_addr.get(&endpoint))
+                .cloned();
+            let (queue, offset) = if group.is_some() {
+                (queue, offset)
+            } else {
+                (-1, -1)
+            };
             Some(Event::Deliver {
                 t,
                 consumer_group,
                 consumer,
                 id,
                 topic,
-                broker_group: by_addr.get(&endpoint).cloned().unwrap_or(endpoint),
+                broker_group: group.unwrap_or(endpoint),
                 queue,
                 offset,
                 attempt,
