@@ -441,12 +441,40 @@ async fn query_route_and_telemetry_over_grpc() {
         .expect("stream ends after the client closes");
     assert!(end.is_none_or(|r| r.is_err()));
 
-    // An RPC clients never send to an access point.
-    let e = c
+    // The nameserver is the clients' proxy: a route asked with the endpoints the client used
+    // names those endpoints for every queue (broker `<group>@<endpoint>`), and sends go
+    // through it; a malformed one is answered by it inside a gRPC-OK reply.
+    let (host, port) = ns.rsplit_once(':').expect("host:port");
+    let via = api::Endpoints {
+        scheme: api::AddressScheme::IPv4 as i32,
+        addresses: vec![api::Address {
+            host: host.to_string(),
+            port: port.parse().expect("port"),
+        }],
+    };
+    let r = c
+        .query_route(api::QueryRouteRequest {
+            topic: Some(topic.clone()),
+            endpoints: Some(via.clone()),
+        })
+        .await
+        .expect("grpc ok")
+        .into_inner();
+    assert_eq!(r.message_queues.len(), 2 + 3, "one entry per queue: {r:?}");
+    for q in &r.message_queues {
+        let b = q.broker.as_ref().expect("broker");
+        assert_eq!(b.endpoints.as_ref(), Some(&via), "{q:?}");
+        assert!(b.name == format!("g1@{ns}") || b.name == format!("g2@{ns}"), "{q:?}");
+    }
+    let r = c
         .send_message(api::SendMessageRequest { messages: vec![] })
         .await
-        .expect_err("unimplemented");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+        .expect("grpc ok")
+        .into_inner();
+    assert_eq!(
+        r.status.map(|s| s.code),
+        Some(api::Code::BadRequest as i32)
+    );
 }
 
 #[tokio::test]
