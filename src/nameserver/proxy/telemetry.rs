@@ -9,7 +9,7 @@
 //! of members is re-read from the registry every [`RESYNC`]; a stream that ends is reopened
 //! then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ type UpItem = (String, String, u64, Option<api::TelemetryCommand>);
 struct Upstream {
     generation: u64,
     tx: mpsc::Sender<api::TelemetryCommand>,
+    /// Numbers of the client's Settings commands sent on this stream and not answered yet,
+    /// in order: a member answers each Settings once, in the order it got them.
+    pending: VecDeque<u64>,
 }
 
 /// Relay `inbound` (the client's half) to the members; the returned stream is the client's
@@ -46,30 +49,38 @@ pub(super) fn relay(
         let (up_tx, mut up_rx) = mpsc::channel::<UpItem>(64);
         let mut ups: HashMap<String, Upstream> = HashMap::new();
         let mut generation = 0u64;
-        let mut last_settings: Option<api::TelemetryCommand> = None;
-        let (mut seen, mut answered) = (0u64, 0u64);
+        // The client's latest Settings and its number; the numbers already answered.
+        let mut last_settings: Option<(u64, api::TelemetryCommand)> = None;
+        let mut seen = 0u64;
+        let mut answered: HashSet<u64> = HashSet::new();
         let mut tick = tokio::time::interval(RESYNC);
         let mut shutdown = inner.shutdown.clone();
         loop {
             tokio::select! {
                 m = inbound.message() => {
                     let Ok(Some(cmd)) = m else { break };
+                    let mut number = None;
                     if let Some(Command::Settings(s)) = &cmd.command {
-                        last_settings = Some(cmd.clone());
                         seen += 1;
+                        number = Some(seen);
+                        last_settings = Some((seen, cmd.clone()));
                         if ups.is_empty() {
                             // No broker registered yet: answer from the defaults so that
                             // clients that wait for a reply start; the members answer again
                             // once streams to them are open.
-                            answered += 1;
+                            answered.insert(seen);
                             if out_tx.send(Ok(settings_reply(s.clone()))).await.is_err() {
                                 break;
                             }
                             continue;
                         }
                     }
-                    for u in ups.values() {
-                        let _ = u.tx.try_send(cmd.clone());
+                    for u in ups.values_mut() {
+                        if u.tx.try_send(cmd.clone()).is_ok()
+                            && let Some(n) = number
+                        {
+                            u.pending.push_back(n);
+                        }
                     }
                 }
                 Some((group, addr, g, item)) = up_rx.recv() => {
@@ -80,11 +91,12 @@ pub(super) fn relay(
                         continue;
                     };
                     let forward = match &mut cmd.command {
-                        Some(Command::Settings(_)) if answered < seen => {
-                            answered += 1;
-                            true
-                        }
-                        Some(Command::Settings(_)) => false,
+                        // The first member to answer a Settings command answers it.
+                        Some(Command::Settings(_)) => ups
+                            .get_mut(&addr)
+                            .filter(|u| u.generation == g)
+                            .and_then(|u| u.pending.pop_front())
+                            .is_some_and(|n| answered.insert(n)),
                         Some(Command::RecoverOrphanedTransactionCommand(c)) => {
                             c.transaction_id = tag(&group, &c.transaction_id);
                             true
@@ -103,7 +115,15 @@ pub(super) fn relay(
                             continue;
                         }
                         generation += 1;
-                        if let Some(u) = open(&inner, &md, &group, &addr, generation, last_settings.clone(), up_tx.clone()) {
+                        if let Some(u) = open(
+                            &inner,
+                            &md,
+                            &group,
+                            &addr,
+                            generation,
+                            last_settings.clone(),
+                            up_tx.clone(),
+                        ) {
                             ups.insert(addr, u);
                         }
                     }
@@ -123,13 +143,16 @@ fn open(
     group: &str,
     addr: &str,
     generation: u64,
-    first: Option<api::TelemetryCommand>,
+    first: Option<(u64, api::TelemetryCommand)>,
     up_tx: mpsc::Sender<UpItem>,
 ) -> Option<Upstream> {
     let mut c = inner.client(addr).ok()?;
     let (tx, mut rx) = mpsc::channel::<api::TelemetryCommand>(16);
-    if let Some(f) = first {
-        let _ = tx.try_send(f);
+    let mut pending = VecDeque::new();
+    if let Some((n, f)) = first
+        && tx.try_send(f).is_ok()
+    {
+        pending.push_back(n);
     }
     let (group, addr) = (group.to_string(), addr.to_string());
     let mut req = Request::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
@@ -158,5 +181,9 @@ fn open(
             _ = up_tx.closed() => {}
         }
     });
-    Some(Upstream { generation, tx })
+    Some(Upstream {
+        generation,
+        tx,
+        pending,
+    })
 }
