@@ -464,17 +464,17 @@ async fn query_route_and_telemetry_over_grpc() {
     for q in &r.message_queues {
         let b = q.broker.as_ref().expect("broker");
         assert_eq!(b.endpoints.as_ref(), Some(&via), "{q:?}");
-        assert!(b.name == format!("g1@{ns}") || b.name == format!("g2@{ns}"), "{q:?}");
+        assert!(
+            b.name == format!("g1@{ns}") || b.name == format!("g2@{ns}"),
+            "{q:?}"
+        );
     }
     let r = c
         .send_message(api::SendMessageRequest { messages: vec![] })
         .await
         .expect("grpc ok")
         .into_inner();
-    assert_eq!(
-        r.status.map(|s| s.code),
-        Some(api::Code::BadRequest as i32)
-    );
+    assert_eq!(r.status.map(|s| s.code), Some(api::Code::BadRequest as i32));
 }
 
 #[tokio::test]
