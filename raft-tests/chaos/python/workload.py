@@ -15,7 +15,8 @@ Unix epoch milliseconds). One `producer.send()` call is one `send` line: the cli
 inside the call (up to its max attempts, 3), so a failed call is a failed send.
 
 Control: stdin lines `hold` / `go` pause and resume a producer (the runner's retention fault
-holds producers until consumers have caught up); `stop`, end of stdin, SIGTERM, SIGINT or the
+holds producers until consumers have caught up); each `hold` is confirmed with a `held` line
+once no send is in progress; `stop`, end of stdin, SIGTERM, SIGINT or the
 `--stop-file` appearing stop the role. A consumer stops after the receive in progress.
 
 Observation only: the driver wraps two client internals without changing what they do, to
@@ -58,6 +59,9 @@ ARGS = parse_args()
 OUT_LOCK = threading.Lock()
 STOP = threading.Event()
 HOLD = threading.Event()
+# `hold` commands not yet confirmed with a `held` line (each is, once no send is in progress).
+HOLDS_PENDING = [0]
+HOLDS_LOCK = threading.Lock()
 
 
 def now():
@@ -89,6 +93,8 @@ def control_reader():
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "hold":
+            with HOLDS_LOCK:
+                HOLDS_PENDING[0] += 1
             HOLD.set()
         elif cmd == "go":
             HOLD.clear()
@@ -166,6 +172,11 @@ def run_producer(fifo):
     calls = failed = 0
     try:
         while not stopped():
+            # Here no send is in progress: confirm every hold asked for so far.
+            with HOLDS_LOCK:
+                pending, HOLDS_PENDING[0] = HOLDS_PENDING[0], 0
+            for _ in range(pending):
+                emit({"type": "held", "t": now()})
             if HOLD.is_set():
                 time.sleep(0.02)
                 continue

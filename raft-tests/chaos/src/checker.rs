@@ -133,7 +133,8 @@ pub struct ClientSends {
     pub send_calls: usize,
     /// Send calls that failed (the client's own retries inside a call included).
     pub failed_sends: usize,
-    /// Longest time between two acknowledged sends of one producer (ms).
+    /// Longest time between two acknowledged sends of one producer (ms), not counting the
+    /// time the harness held producers (retention fault).
     pub longest_gap_ms: u64,
     /// By fault kind. A fault's window runs from its start to the next fault's start.
     pub by_fault_kind: BTreeMap<String, FaultSends>,
@@ -326,6 +327,7 @@ fn liveness(
 fn client_sends(
     calls: &BTreeMap<String, (String, Vec<(u64, u64, bool)>)>,
     faults: &[(u64, String)],
+    holds: &[(u64, u64)],
 ) -> BTreeMap<String, ClientSends> {
     let mut faults = faults.to_vec();
     faults.sort_by_key(|(t, _)| *t);
@@ -363,7 +365,8 @@ fn client_sends(
             if to <= from {
                 continue;
             }
-            let gap = to - from;
+            // Time the harness held the producers does not count.
+            let gap = healed_ms(holds, from, to);
             c.longest_gap_ms = c.longest_gap_ms.max(gap);
             let mut i = window_of(from).unwrap_or(0);
             while i < starts.len() && starts[i] < to {
@@ -429,6 +432,9 @@ pub fn check_with(events: &[Event], cfg: &CheckConfig) -> Analysis {
     let mut calls: BTreeMap<String, (String, Vec<(u64, u64, bool)>)> = BTreeMap::new();
     let mut last_t = 0u64;
     let mut drain_end: Option<u64> = None;
+    // Times the harness held the producers (retention fault): not gaps of the client.
+    let mut holds: Vec<(u64, u64)> = Vec::new();
+    let mut held_since: Option<u64> = None;
 
     for e in events {
         match e {
@@ -549,8 +555,15 @@ pub fn check_with(events: &[Event], cfg: &CheckConfig) -> Analysis {
             }
             Event::Phase { t, name } => {
                 last_t = last_t.max(*t);
-                if name == "drain-end" {
-                    drain_end = Some(*t);
+                match name.as_str() {
+                    "drain-end" => drain_end = Some(*t),
+                    "hold-producers" => held_since = Some(*t),
+                    "release-producers" => {
+                        if let Some(s) = held_since.take() {
+                            holds.push((s, *t));
+                        }
+                    }
+                    _ => {}
                 }
             }
             Event::FinalQueue {
@@ -873,7 +886,10 @@ pub fn check_with(events: &[Event], cfg: &CheckConfig) -> Analysis {
     liveness(
         &mut a, cfg, &subs, &sends, &deliv, &excluded, &windows, horizon,
     );
-    a.clients = client_sends(&calls, &faults);
+    if let Some(s) = held_since.take() {
+        holds.push((s, horizon.max(s)));
+    }
+    a.clients = client_sends(&calls, &faults, &holds);
 
     // RTO: fault → first acknowledged send started after it.
     ok_sends.sort_unstable();
@@ -1514,6 +1530,19 @@ mod tests {
         );
         let pause = &py.by_fault_kind["pause-leader"];
         assert_eq!((pause.failed_sends, pause.gap_max_ms), (0, 100));
+
+        // Time the harness held the producers is not a gap.
+        let mut held = h.clone();
+        held.push(Event::Phase {
+            t: 1000,
+            name: "hold-producers".into(),
+        });
+        held.push(Event::Phase {
+            t: 4500,
+            name: "release-producers".into(),
+        });
+        let a = check(&held);
+        assert_eq!(a.clients["python"].longest_gap_ms, 600);
         assert_eq!((a.send_calls, a.indeterminate), (51, 1));
 
         // The client's three attempts inside the failed call explain two stored copies.

@@ -119,6 +119,13 @@ pub struct Nemesis {
     filler_seq: u64,
 }
 
+fn phase(h: &History, name: &str) {
+    h.record(Event::Phase {
+        t: h.now(),
+        name: name.into(),
+    });
+}
+
 fn hold(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.range(lo, hi))
 }
@@ -444,11 +451,16 @@ impl Nemesis {
                 self.start(h, kind, &format!("{g}-{f}"));
                 c.kill(&g, f);
                 // Let consumers catch up so retention deletes nothing they still need.
-                ctl.hold_producers.store(true, Ordering::Relaxed);
+                ctl.hold_producers.store(true, Ordering::SeqCst);
+                phase(h, "hold-producers");
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let mut drained = false;
+                let mut holding = false;
                 while Instant::now() < deadline {
-                    if workload::all_acked_delivered(&h.events()) {
+                    // Only once no send is in flight: one acknowledged after the check could
+                    // be in what retention deletes before anyone received it.
+                    holding = holding || ctl.producers_holding();
+                    if holding && workload::all_acked_delivered(&h.events()) {
                         drained = true;
                         break;
                     }
@@ -458,10 +470,13 @@ impl Nemesis {
                 // messages no one received and the checker could not tell them from lost ones.
                 let r = if drained {
                     self.fill_past(c, &g, f, f_last).await
+                } else if !holding {
+                    Err(anyhow::anyhow!("producers did not hold within 60 s"))
                 } else {
                     Err(anyhow::anyhow!("consumers did not drain within 60 s"))
                 };
-                ctl.hold_producers.store(false, Ordering::Relaxed);
+                ctl.hold_producers.store(false, Ordering::SeqCst);
+                phase(h, "release-producers");
                 let d = match r {
                     Ok(first) => {
                         format!("{g}-{f} (last index {f_last}); others now start at {first}")

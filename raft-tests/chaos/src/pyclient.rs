@@ -84,6 +84,8 @@ pub struct PyRole {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Line {
     Ready {},
+    /// A producer holds (after the send in progress, if any), as asked.
+    Held {},
     Send {
         t0: u64,
         t1: u64,
@@ -199,6 +201,10 @@ fn convert(
 ) -> Option<Event> {
     match line {
         Line::Ready {} | Line::Exit { ok: true, .. } => None,
+        Line::Held {} => {
+            ctl.inflight.fetch_sub(1, Ordering::SeqCst);
+            None
+        }
         Line::Exit { ok: false, error } => {
             st.errors += 1;
             sample(st, &format!("exit: {}", error.unwrap_or_default()));
@@ -519,17 +525,30 @@ impl PyWorkload {
             sp.start("fifo-producer", "py-pf0", PY_FIFO_TOPIC, None)
                 .await?,
         ];
-        // The retention fault holds producers: pass it on.
+        // The retention fault holds producers: pass it on. Each producer asked to hold counts
+        // in flight until it says it holds (after the send in progress).
         let stdins: Vec<_> = producers.iter().map(|p| Arc::clone(&p.stdin)).collect();
-        let hold_flag = Arc::clone(&ctl.hold_producers);
+        ctl.remote_producers
+            .store(stdins.len() as u64, Ordering::SeqCst);
+        let ctl2 = ctl.clone();
         let hold = tokio::spawn(async move {
             let mut held = false;
             loop {
-                let now = hold_flag.load(Ordering::Relaxed);
-                if now != held {
-                    held = now;
-                    for s in &stdins {
-                        send_line(s, if held { "hold\n" } else { "go\n" }).await;
+                let want = ctl2.hold_producers.load(Ordering::SeqCst);
+                if want != held {
+                    held = want;
+                    if held {
+                        ctl2.inflight
+                            .fetch_add(stdins.len() as i64, Ordering::SeqCst);
+                        for s in &stdins {
+                            send_line(s, "hold\n").await;
+                        }
+                        ctl2.hold_forwarded.store(true, Ordering::SeqCst);
+                    } else {
+                        ctl2.hold_forwarded.store(false, Ordering::SeqCst);
+                        for s in &stdins {
+                            send_line(s, "go\n").await;
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +34,13 @@ pub struct Control {
     pub stop_producers: Arc<AtomicBool>,
     /// Producers hold (retention fault).
     pub hold_producers: Arc<AtomicBool>,
+    /// Messages being sent now (a Rust producer's calls of one message), plus the Python
+    /// producers asked to hold that have not yet said they do.
+    pub inflight: Arc<AtomicI64>,
+    /// Python producers (0: none).
+    pub remote_producers: Arc<AtomicU64>,
+    /// The Python producers have been asked to hold (the hold flag was passed on).
+    pub hold_forwarded: Arc<AtomicBool>,
     /// Consumers stop.
     pub stop_consumers: Arc<AtomicBool>,
     /// Time (history ms) of the latest delivery.
@@ -71,7 +78,11 @@ async fn producer_loop(
     p.max_attempts = 3;
     let mut seq = 0u64;
     while !ctl.stop_producers.load(Ordering::Relaxed) {
-        if ctl.hold_producers.load(Ordering::Relaxed) {
+        // Counted in flight before looking at the hold flag: whoever sets the flag and then
+        // sees nothing in flight knows no send of this producer will start.
+        ctl.inflight.fetch_add(1, Ordering::SeqCst);
+        if ctl.hold_producers.load(Ordering::SeqCst) {
+            ctl.inflight.fetch_sub(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -129,6 +140,7 @@ async fn producer_loop(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        ctl.inflight.fetch_sub(1, Ordering::SeqCst);
         seq += 1;
         tokio::time::sleep(gap).await;
     }
@@ -264,6 +276,16 @@ impl Workload {
         for c in self.consumers.drain(..) {
             let _ = c.await;
         }
+    }
+}
+
+impl Control {
+    /// Whether every producer holds: none in the middle of a send, and the Python producers
+    /// (if any) told to hold and confirmed it.
+    pub fn producers_holding(&self) -> bool {
+        self.inflight.load(Ordering::SeqCst) == 0
+            && (self.remote_producers.load(Ordering::SeqCst) == 0
+                || self.hold_forwarded.load(Ordering::SeqCst))
     }
 }
 
