@@ -191,15 +191,14 @@ impl Inner {
     }
 
     /// Send `body` to `group`, member by member, until one answers without `HA_NOT_AVAILABLE`
-    /// or the budget is spent. `per_try` bounds one member's time (the last try gets what is
-    /// left); `ha` says whether an answer means "no leader yet, ask again".
+    /// or the budget is spent. [`PER_TRY`] (plus `reserved`, a receive's long poll) bounds one
+    /// member's time, the last try gets what is left; `ha` says whether an answer means "no leader yet, ask again".
     async fn unary<Req, Resp, Fut>(
         &self,
         group: &str,
         md: &MetadataMap,
         body: Req,
         reserved: Duration,
-        per_try: Duration,
         call: impl Fn(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
         ha: impl Fn(&Resp) -> bool,
     ) -> Result<Resp, api::Status>
@@ -230,7 +229,7 @@ impl Inner {
                     .map_err(|e| status(api::Code::InternalServerError, e.message()))?;
                 let mut r = Request::new(body.clone());
                 *r.metadata_mut() = relay.clone();
-                let this_try = (per_try + reserved).min(left + reserved);
+                let this_try = (PER_TRY + reserved).min(left + reserved);
                 r.set_timeout(this_try);
                 match tokio::time::timeout(this_try, call(c, r)).await {
                     Ok(Ok(resp)) => {
@@ -394,7 +393,6 @@ impl MessagingService for ProxyService {
                 &md,
                 body,
                 Duration::ZERO,
-                PER_TRY,
                 |mut c, r| async move { c.send_message(r).await },
                 |r: &api::SendMessageResponse| is_ha(r.status.as_ref()),
             )
@@ -438,7 +436,6 @@ impl MessagingService for ProxyService {
                     &md,
                     body.clone(),
                     Duration::ZERO,
-                    PER_TRY,
                     |mut c, r| async move { c.query_assignment(r).await },
                     |r: &api::QueryAssignmentResponse| is_ha(r.status.as_ref()),
                 )
@@ -530,7 +527,6 @@ impl MessagingService for ProxyService {
                 &md,
                 body,
                 poll,
-                PER_TRY,
                 |mut c, r| async move {
                     let s = c.receive_message(r).await?;
                     let (m, s, e) = s.into_parts();
@@ -611,7 +607,6 @@ impl MessagingService for ProxyService {
                     &md,
                     r,
                     Duration::ZERO,
-                    PER_TRY,
                     |mut c, r| async move { c.ack_message(r).await },
                     |r: &api::AckMessageResponse| is_ha(r.status.as_ref()),
                 )
@@ -661,7 +656,6 @@ impl MessagingService for ProxyService {
                 &md,
                 body,
                 Duration::ZERO,
-                PER_TRY,
                 |mut c, r| async move { c.forward_message_to_dead_letter_queue(r).await },
                 |r: &api::ForwardMessageToDeadLetterQueueResponse| is_ha(r.status.as_ref()),
             )
@@ -694,7 +688,6 @@ impl MessagingService for ProxyService {
                 &md,
                 body,
                 Duration::ZERO,
-                PER_TRY,
                 |mut c, r| async move { c.end_transaction(r).await },
                 |r: &api::EndTransactionResponse| is_ha(r.status.as_ref()),
             )
@@ -765,7 +758,6 @@ impl MessagingService for ProxyService {
                 &md,
                 body,
                 Duration::ZERO,
-                PER_TRY,
                 |mut c, r| async move { c.change_invisible_duration(r).await },
                 |r: &api::ChangeInvisibleDurationResponse| is_ha(r.status.as_ref()),
             )
