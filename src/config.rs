@@ -24,7 +24,7 @@
 //! | `flush` | `sync` (ack after fsync) or `async` (fsync every 10 ms) | `sync` |
 //! | `segment_size` | CommitLog segment size (`64K`, `64M`, `1G`; multiple of 4K) | `1G` |
 //! | `heartbeat_ms` | Raft heartbeat interval | `50` |
-//! | `election_timeout_ms` | minimum election timeout (max is 1.5×), ≥ 3 heartbeats | `250` |
+//! | `election_timeout_ms` | minimum election timeout (max is 1.5×), ≥ 3 heartbeats | `150` |
 //! | `retention_secs` | delete whole segments older than this | none |
 //! | `retention_bytes` | keep the CommitLog below this size (`100G`) | none |
 //! | `retention_interval_secs` | how often retention runs | `10` |
@@ -143,7 +143,7 @@ pub struct BrokerSettings {
     /// Raft heartbeat interval in milliseconds (default 50).
     pub heartbeat_ms: Option<u64>,
     /// Minimum Raft election timeout in milliseconds, at least 3 heartbeats; the maximum is
-    /// 1.5 times this (default 250).
+    /// 1.5 times this (default 150).
     pub election_timeout_ms: Option<u64>,
     /// Delete whole CommitLog segments older than this many seconds (default: no age limit).
     pub retention_secs: Option<u64>,

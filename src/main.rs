@@ -234,8 +234,16 @@ fn run_broker(a: BrokerArgs, log_format: &str) -> anyhow::Result<ExitCode> {
             node.local_addr
         );
         wait_for_signal().await;
-        tracing::info!("shutting down");
-        node.shutdown().await;
+        let t = raftmq::broker::leave::LeaveTimeouts::default();
+        tracing::info!("leaving the group (at most {:?})", t.total());
+        // A second signal stops at once.
+        tokio::select! {
+            _ = node.leave(t) => {}
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: stopping without finishing the leave");
+                node.shutdown().await;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

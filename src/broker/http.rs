@@ -223,6 +223,9 @@ async fn healthz(State(node): NodeRef) -> Response {
 
 /// `Ok(())` when ready, else why not.
 async fn readiness(node: &Node) -> Result<(), String> {
+    if node.is_leaving() {
+        return Err("leaving (graceful shutdown)".into());
+    }
     if let Some(p) = node.log.poisoned() {
         return Err(format!("commitlog refuses writes: {p}"));
     }

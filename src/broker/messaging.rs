@@ -43,6 +43,7 @@ use crate::proto::apache::rocketmq::v2::messaging_service_server::{
 use crate::proto::raftmq::admin as pb;
 use crate::protocol::route::{self, GroupRoute, status};
 use crate::protocol::settings::{self, settings_reply};
+use crate::raft::NodeId;
 use crate::raft::consume::{self, Pop};
 use crate::raft::state_machine::{InternalCommand, TopicConfig};
 use crate::storage::StoreError;
@@ -243,12 +244,17 @@ impl MessagingSvc {
                     *fwd.metadata_mut() = Self::forward_metadata(req.metadata());
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     fwd.set_timeout(left + reserved + FORWARD_SLACK);
-                    match call(c, fwd).await {
+                    let until = deadline + reserved + FORWARD_SLACK;
+                    match unless_leader_changes(node, id, until, call(c, fwd)).await {
                         // Only the message: the leader's response headers must not be re-sent.
-                        Ok(r) => return Ok(Err(Response::new(r.into_inner()))),
-                        Err(e) => status(
+                        Some(Ok(r)) => return Ok(Err(Response::new(r.into_inner()))),
+                        Some(Err(e)) => status(
                             v2::Code::HaNotAvailable,
                             format!("leader {addr}: {}", e.message()),
+                        ),
+                        None => status(
+                            v2::Code::HaNotAvailable,
+                            format!("leader {addr} was replaced while it held the request"),
                         ),
                     }
                 }
@@ -601,6 +607,24 @@ impl MessagingSvc {
     }
 }
 
+/// `fut` (a request forwarded to `leader`) raced against a leader change: `None` when another
+/// node leads before `leader` answered (or `until` passed). A frozen leader keeps its
+/// connections open until keepalives fail them; the election that replaces it usually ends
+/// first, and the request then goes to the new leader at once instead of waiting out the
+/// old one.
+async fn unless_leader_changes<F: std::future::Future>(
+    node: &Node,
+    leader: NodeId,
+    until: tokio::time::Instant,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        r = fut => Some(r),
+        _ = node.wait_leader_change(Some(leader), until) => None,
+    }
+}
+
 /// How long a request may wait for a leader: the client's deadline (`grpc-timeout`) less
 /// `reserved` (a receive's long poll, which the leader spends) and a margin for the way
 /// back; [`DEFAULT_LEADER_WAIT`] when the client sent no deadline.
@@ -847,17 +871,21 @@ impl MessagingService for MessagingSvc {
                     *fwd.metadata_mut() = Self::forward_metadata(&meta);
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     fwd.set_timeout(left + FORWARD_SLACK);
-                    match c.send_message(fwd).await {
+                    let until = deadline + FORWARD_SLACK;
+                    let msg = match unless_leader_changes(&node, id, until, c.send_message(fwd))
+                        .await
+                    {
                         // Only the message: the leader's response headers must not be re-sent.
-                        Ok(r) => r.into_inner(),
-                        Err(e) => v2::SendMessageResponse {
-                            status: Some(status(
-                                v2::Code::HaNotAvailable,
-                                format!("leader {addr}: {}", e.message()),
-                            )),
-                            entries: vec![],
-                        },
-                    }
+                        Some(Ok(r)) => Ok(r.into_inner()),
+                        Some(Err(e)) => Err(format!("leader {addr}: {}", e.message())),
+                        // Sent again to the new leader; a copy the old one stored after all
+                        // is the same message id, stored once.
+                        None => Err(format!("leader {addr} was replaced while it held the send")),
+                    };
+                    msg.unwrap_or_else(|e| v2::SendMessageResponse {
+                        status: Some(status(v2::Code::HaNotAvailable, e)),
+                        entries: vec![],
+                    })
                 }
                 Ok(Route::Leader(..)) => v2::SendMessageResponse {
                     status: Some(status(

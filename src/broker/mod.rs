@@ -5,11 +5,13 @@
 //!   forwards them), reads come from the applied state of the node asked.
 //! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`].
 //! * [`http`] is the optional HTTP port: health, readiness, Raft status, Prometheus metrics.
+//! * [`leave`] is the graceful stop (SIGTERM): leadership transfer, deregistration, drain.
 
 pub mod admin;
 pub mod batcher;
 pub mod error;
 pub mod http;
+pub mod leave;
 pub mod messaging;
 pub mod node;
 pub mod ops;

@@ -84,10 +84,13 @@ impl NodeConfig {
             data_dir,
             flush: FlushMode::Sync,
             segment_size: 1 << 30,
-            // A dead or frozen leader is replaced within ~0.25-0.4 s plus one vote round,
-            // which keeps the longest pause official clients see under a second.
+            // A follower starts an election once the leader lease (the maximum election
+            // timeout) and then its own election timeout have passed without a heartbeat:
+            // 225 ms + 150-225 ms here, so a dead or frozen leader is replaced ~0.4-0.45 s
+            // after its last heartbeat and the longest pause official clients see stays
+            // well under a second. (250 ms, the earlier default, meant 0.625-0.75 s.)
             heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(250),
+            election_timeout: Duration::from_millis(150),
             retention_time: None,
             retention_bytes: None,
             retention_interval: Duration::from_secs(10),
@@ -133,11 +136,11 @@ impl NodeConfig {
             cluster_name: self.group.clone(),
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             // openraft's leader lease is `election_timeout_max`: a follower refuses votes
-            // until that long after the last heartbeat, so the narrower the range the sooner
-            // a dead leader is replaced (the second follower to time out is elected by the
-            // first, at about the range's top). Pre-vote is off for the same reason: with it
-            // the first round is refused by the lease and an election takes two timeouts; a
-            // returning partitioned node is still refused by the live leader's lease.
+            // until that long after the last heartbeat, and its own election timer runs
+            // only after the lease (it fires at lease + a timeout drawn from the range), so
+            // a dead leader is replaced at 2.5-3× the minimum. Pre-vote is off: a refused
+            // pre-vote round waits a whole timeout before the next; a returning partitioned
+            // node is still refused by the live leader's lease.
             election_timeout_min: min,
             election_timeout_max: min + min / 2,
             enable_pre_vote: Some(false),
@@ -252,6 +255,10 @@ pub struct Node {
     /// Group commit of produce requests (set right after start).
     pub(crate) batcher: std::sync::OnceLock<super::batcher::Batcher>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Set when a graceful leave begins (see [`super::leave`]).
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
+    /// The gRPC server task (drained on a graceful leave, aborted by `shutdown`).
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -338,7 +345,9 @@ impl Node {
                 sessions,
                 batcher: std::sync::OnceLock::new(),
                 shutdown,
-                tasks: std::sync::Mutex::new(vec![server]),
+                leaving: std::sync::atomic::AtomicBool::new(false),
+                server: std::sync::Mutex::new(Some(server)),
+                tasks: std::sync::Mutex::new(Vec::new()),
             }
         });
         let (batcher, batch_task) = super::batcher::Batcher::spawn(Arc::downgrade(&node));
@@ -566,9 +575,27 @@ impl Node {
         v.into_iter().map(|(_, a)| a).collect()
     }
 
-    /// Stop serving and shut Raft down.
+    /// Stop accepting gRPC connections and wait (at most `drain`) for the requests in
+    /// flight to finish; what is still running then is cut off.
+    pub(crate) async fn stop_serving(&self, drain: Duration) {
+        let _ = self.shutdown.send(true);
+        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut server) = server {
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
+                tracing::info!(
+                    "requests still in flight after {drain:?} (streams, long polls): cut off"
+                );
+                server.abort();
+            }
+        }
+    }
+
+    /// Stop serving and shut Raft down (at once: [`Node::leave`] is the graceful way).
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        if let Some(s) = self.server.lock().ok().and_then(|mut s| s.take()) {
+            s.abort();
+        }
         let _ = self.raft.shutdown().await;
         if let Ok(mut tasks) = self.tasks.lock() {
             for t in tasks.drain(..) {

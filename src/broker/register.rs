@@ -36,7 +36,12 @@ pub fn report(node: &Node) -> pb::NodeReport {
         group: node.config.group.clone(),
         node_id: node.config.node_id,
         addr: node.config.advertise.clone(),
-        role: st.role,
+        // A leaving node says so: nameservers drop it from routes and proxy members at once.
+        role: if node.is_leaving() {
+            "shutdown".to_string()
+        } else {
+            st.role
+        },
         term: st.term,
         leader_id: st.leader_id,
         leader_addr: st.leader_addr,
@@ -58,6 +63,23 @@ pub fn report(node: &Node) -> pb::NodeReport {
         voters: st.voters,
         learners: st.learners,
     }
+}
+
+/// Send this node's report to every nameserver now, concurrently, and wait (at most
+/// `timeout`) until each took it or failed. Used by a graceful leave, whose report says
+/// `shutdown`, so that nameservers stop routing to the node before it stops serving.
+pub async fn announce(node: &Node, timeout: Duration) {
+    let report = report(node);
+    let sends = node.config.nameservers.iter().filter_map(|addr| {
+        let mut t = Target::new(addr)?;
+        let report = report.clone();
+        Some(async move {
+            if let Err(e) = t.send(report, timeout).await {
+                tracing::warn!("nameserver {}: the leaving report failed: {e}", t.addr);
+            }
+        })
+    });
+    let _ = tokio::time::timeout(timeout, futures::future::join_all(sends)).await;
 }
 
 /// One nameserver as this node sees it.

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -85,7 +86,24 @@ def longest_gap(acks, start, end):
     return max((b - a for a, b in zip(ts, ts[1:])), default=end - start)
 
 
-def run(cluster, faults, sends_between=60, log=print):
+def terminate(cluster, node, within=20):
+    """SIGTERM `node` (a graceful leave: leadership transfer, deregistration, drain) and wait
+    for it to exit by itself."""
+    p = cluster.procs.pop(node)
+    p.send_signal(signal.SIGTERM)
+    try:
+        code = p.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
+        raise AssertionError(f"node {node} did not exit within {within}s of SIGTERM")
+    assert code == 0, f"node {node} exited with {code} after SIGTERM"
+
+
+def run(cluster, faults, sends_between=60, log=print, kinds=("kill", "stop")):
+    """`faults` faults of `kinds` in turn: `kill` (SIGKILL the leader, restart it), `stop`
+    (SIGSTOP the leader, SIGCONT it) or `term` (a rolling restart: SIGTERM each node in turn,
+    highest id first as a StatefulSet update goes, and start it again once it exited)."""
     cluster.create_topic(NORMAL, queues=4)
     cluster.create_topic(FIFO, queues=4, message_type="fifo")
     cluster.create_group(NORMAL_G)
@@ -105,17 +123,20 @@ def run(cluster, faults, sends_between=60, log=print):
             return lambda: all(len(p.acked()) >= base[k] + n for k, p in producers.items())
 
         wait_for(progressed(sends_between), 60, "sends before the first fault")
+        nodes = sorted(cluster.ports, reverse=True)
         for i in range(faults):
-            kind = "kill" if i % 2 == 0 else "stop"
-            leader = cluster.leader()
+            kind = kinds[i % len(kinds)]
+            leader = nodes[i % len(nodes)] if kind == "term" else cluster.leader()
             t = time.time()
             if kind == "kill":
                 cluster.kill(leader)
+            elif kind == "term":
+                terminate(cluster, leader)
             else:
                 cluster.procs[leader].send_signal(signal.SIGSTOP)
             # Both producers must get going again with the leader gone or frozen.
             wait_for(progressed(sends_between), 60, f"sends after fault {i} ({kind} node {leader})")
-            if kind == "kill":
+            if kind in ("kill", "term"):
                 cluster.start(leader)
             else:
                 cluster.procs[leader].send_signal(signal.SIGCONT)
@@ -184,20 +205,26 @@ def summary(report):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faults", type=int, default=12)
+    ap.add_argument("--kinds", default="kill,stop",
+                    help="fault kinds in turn: kill, stop, term (rolling restart); default kill,stop")
     ap.add_argument("--bin", default=None, help="raftmq binary (default: $RAFTMQ_BIN or target/debug/raftmq)")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
+    ap.add_argument("--election-timeout-ms", type=int, default=None,
+                    help="brokers' minimum election timeout (default: the broker's default)")
     a = ap.parse_args()
     if a.bin:
         import conftest
         conftest.BIN = a.bin
-    c = Cluster()
+    extra = ["--election-timeout-ms", str(a.election_timeout_ms)] if a.election_timeout_ms else []
+    c = Cluster(extra_args=extra)
     try:
         c.wait_all_up()
         c.leader()
-        report = run(c, a.faults)
+        report = run(c, a.faults, kinds=a.kinds.split(","))
     finally:
         c.close()
     report["bin"] = a.bin
+    report["election_timeout_ms"] = a.election_timeout_ms or "default"
     print(summary(report))
     if a.out:
         with open(a.out, "w") as f:
