@@ -7,7 +7,8 @@
 //! 2. A leader transfers leadership to the most up-to-date voter (openraft's TransferLeader:
 //!    the target campaigns at once and the others drop the old leader's lease, so this costs
 //!    one vote round, not an election timeout) and waits until another node leads.
-//! 3. The leaving report goes to every nameserver at once, not at the next heartbeat.
+//! 3. The node stops campaigning (it will hear no heartbeats once its server stops), and the
+//!    leaving report goes to every nameserver at once, not at the next heartbeat.
 //! 4. In-flight requests drain: the gRPC server stops accepting and finishes what it holds
 //!    (bounded, because Telemetry streams and long polls never end by themselves), then Raft
 //!    stops. Until then the node still serves as a follower, forwarding to the new leader.
@@ -82,6 +83,9 @@ impl Node {
                 Err(e) => tracing::warn!("leaving: leadership transfer failed: {e}"),
             }
         }
+        // From here on this node must not campaign: once its server stops it hears no
+        // heartbeats, and a term it raised would outlive the restart.
+        self.raft.runtime_config().elect(false);
         super::register::announce(self, t.announce).await;
         self.stop_serving(t.drain).await;
         tracing::info!("leaving: drained after {:?}", started.elapsed());

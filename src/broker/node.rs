@@ -138,12 +138,14 @@ impl NodeConfig {
             // openraft's leader lease is `election_timeout_max`: a follower refuses votes
             // until that long after the last heartbeat, and its own election timer runs
             // only after the lease (it fires at lease + a timeout drawn from the range), so
-            // a dead leader is replaced at 2.5-3× the minimum. Pre-vote is off: a refused
-            // pre-vote round waits a whole timeout before the next; a returning partitioned
-            // node is still refused by the live leader's lease.
+            // a dead leader is replaced at 2.5-3× the minimum. Pre-vote costs one round trip
+            // more and keeps a node that cannot win from raising the term: without it a
+            // restarted node (its vote is not leased) campaigns at once, is refused, and its
+            // higher term then deposes the live leader at the next append, a needless pause
+            // for clients on every restart.
             election_timeout_min: min,
             election_timeout_max: min + min / 2,
-            enable_pre_vote: Some(false),
+            enable_pre_vote: Some(true),
             // Snapshots are built only at the retention boundary (see `state_machine`), never
             // on a log-count policy: a snapshot past that boundary would let a lagging follower
             // skip live messages.

@@ -1,9 +1,11 @@
 """Leader faults under the unchanged official Python client: a normal and a FIFO producer
 (4 message groups) send without pause, a normal and a FIFO consumer group receive, and the
 group leader is killed (SIGKILL, then restarted) or frozen (SIGSTOP, then SIGCONT), the two
-alternating. Reported: failed sends (after the client's own retries), acknowledged messages
+alternating; or (`--kinds term`) the nodes get SIGTERM in turn and are started again once they
+left, as a rolling restart does. Reported: failed sends (after the client's own retries), acknowledged messages
 never delivered, FIFO order violations, and per fault the longest gap between acknowledged
-sends of each producer.
+sends of each producer, from just before the fault until the healed node is back and both
+producers made progress again.
 
 `test_failover.py` runs a few faults and asserts the correctness figures; the timing is a
 benchmark (machines are noisy), run with more faults from the command line:
@@ -11,6 +13,7 @@ benchmark (machines are noisy), run with more faults from the command line:
     cargo build --release
     target/pyenv/bin/python tests/python/failover.py --faults 12 --bin target/release/raftmq \
         [--out bench/results/failover.json]
+    target/pyenv/bin/python tests/python/failover.py --faults 6 --kinds term --bin target/release/raftmq
 """
 
 import argparse
@@ -80,10 +83,11 @@ class SendLoop:
 
 
 def longest_gap(acks, start, end):
-    """Longest time between consecutive acknowledgements (send completions) in [start, end]."""
+    """Longest time between consecutive acknowledgements (send completions) in [start, end],
+    and when it began (seconds from `start`)."""
     ts = sorted(a[1] for a in acks if start <= a[1] <= end)
     ts = [start] + ts
-    return max((b - a for a, b in zip(ts, ts[1:])), default=end - start)
+    return max(((b - a, a - start) for a, b in zip(ts, ts[1:])), default=(end - start, 0.0))
 
 
 def terminate(cluster, node, within=20):
@@ -128,7 +132,9 @@ def run(cluster, faults, sends_between=60, log=print, kinds=("kill", "stop")):
             kind = kinds[i % len(kinds)]
             leader = nodes[i % len(nodes)] if kind == "term" else cluster.leader()
             t = time.time()
-            if kind == "kill":
+            if kind == "none":
+                pass  # the control: the same windows with no fault (pauses the box makes itself)
+            elif kind == "kill":
                 cluster.kill(leader)
             elif kind == "term":
                 terminate(cluster, leader)
@@ -138,12 +144,14 @@ def run(cluster, faults, sends_between=60, log=print, kinds=("kill", "stop")):
             wait_for(progressed(sends_between), 60, f"sends after fault {i} ({kind} node {leader})")
             if kind in ("kill", "term"):
                 cluster.start(leader)
-            else:
+            elif kind == "stop":
                 cluster.procs[leader].send_signal(signal.SIGCONT)
             healed = time.time()
             cluster.wait_all_up()
             wait_for(progressed(sends_between // 2), 60, f"sends after healing fault {i}")
-            records.append({"fault": i, "kind": kind, "node": leader, "start": t, "healed": healed})
+            # Gaps are measured up to here: a restarted node rejoining must not pause clients either.
+            records.append({"fault": i, "kind": kind, "node": leader, "start": t, "healed": healed,
+                            "settled": time.time()})
             log(f"fault {i}: {kind} node {leader}, healed after {healed - t:.2f}s")
     finally:
         for p in producers.values():
@@ -159,11 +167,15 @@ def run(cluster, faults, sends_between=60, log=print, kinds=("kill", "stop")):
     report = {"faults": records, "producers": {}, "consumers": {}}
     for k, p in producers.items():
         failed = [c for c in p.calls if not c[2]]
-        gaps = [longest_gap(acked[k], r["start"] - 0.5, r["healed"]) for r in records]
+        gaps = [longest_gap(acked[k], r["start"] - 0.5, r["settled"]) for r in records]
+        at = [round(g[1] - 0.5, 3) for g in gaps]
+        gaps = [g[0] for g in gaps]
         report["producers"][k] = {
             "sends": len(p.calls), "acked": len(acked[k]), "failed": len(failed),
             "failures": [c[6] for c in failed[:5]],
             "gap_per_fault_s": [round(g, 3) for g in gaps],
+            # When each longest gap began, in seconds after its fault.
+            "gap_began_after_fault_s": at,
         }
     for k, c in consumers.items():
         got = c.snapshot()
@@ -206,7 +218,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faults", type=int, default=12)
     ap.add_argument("--kinds", default="kill,stop",
-                    help="fault kinds in turn: kill, stop, term (rolling restart); default kill,stop")
+                    help="fault kinds in turn: kill, stop, term (rolling restart), none (no fault: the "
+                         "control); default kill,stop")
     ap.add_argument("--bin", default=None, help="raftmq binary (default: $RAFTMQ_BIN or target/debug/raftmq)")
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     ap.add_argument("--election-timeout-ms", type=int, default=None,
