@@ -382,6 +382,15 @@ impl GrpcNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
         let ttl = option.soft_ttl();
+        // openraft backs off from an unreachable peer inside the request stream: its generator
+        // waits out the backoff before it yields a session's first request. Connecting before
+        // that request exists would skip the wait, and a dead peer would be redialled in a hot
+        // loop (thousands of attempts a second, a core burnt and as many log lines).
+        let mut input = input;
+        let Some(first) = input.next().await else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let input = futures::stream::iter([first]).chain(input);
         let mut client = self.data_client()?;
         let shared = Arc::new(StreamShared::default());
         let max_append_bytes = self.config.max_append_bytes;
@@ -1821,6 +1830,34 @@ mod tests {
         );
     }
 
+    /// openraft's backoff from an unreachable peer is a wait in the request stream before its
+    /// first request: the stream must not connect before that request exists, or a dead peer
+    /// is redialled in a hot loop.
+    #[tokio::test]
+    async fn stream_connects_only_once_a_request_is_there() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let node = BasicNode::new(listener.local_addr().expect("addr").to_string());
+        let factory = GrpcNetworkFactory::new(1, GrpcNetworkConfig::default());
+        let mut net = factory.network(2, &node, Lane::Replication);
+        let (tx, rx) = futures::channel::mpsc::unbounded::<AppendEntriesRequest<TypeConfig>>();
+        let opening = tokio::spawn(async move {
+            let _ = RaftNetworkV2::stream_append(&mut net, rx, option(400)).await;
+        });
+        // Nothing to send yet (openraft is backing off): no connection is attempted.
+        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(early.is_err(), "connected before any request was there");
+        // The first request opens the connection.
+        tx.unbounded_send(append_request(None, vec![]))
+            .expect("send");
+        tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("connects once a request is there")
+            .expect("accept");
+        opening.abort();
+    }
+
     #[tokio::test]
     async fn channels_are_cached_per_peer_and_lane() {
         let factory = GrpcNetworkFactory::new(1, GrpcNetworkConfig::default());
@@ -2120,16 +2157,15 @@ mod tests {
         // Idle: no request sent, nothing outstanding, no timeout.
         let mut net = factory.network(2, &peer.node, Lane::Replication);
         let input = futures::stream::pending::<AppendEntriesRequest<TypeConfig>>();
-        let mut stream = RaftNetworkV2::stream_append(&mut net, input, ttl_option.clone())
-            .await
-            .expect("stream opened");
         assert!(
-            tokio::time::timeout(soft_ttl * 3, stream.next())
-                .await
-                .is_err(),
+            tokio::time::timeout(
+                soft_ttl * 3,
+                RaftNetworkV2::stream_append(&mut net, input, ttl_option.clone())
+            )
+            .await
+            .is_err(),
             "an idle stream must not time out"
         );
-        drop(stream);
 
         // A request the peer never answers: Timeout after about soft_ttl.
         let mut net = factory.network(2, &peer.node, Lane::Replication);
