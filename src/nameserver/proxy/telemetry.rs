@@ -53,7 +53,20 @@ pub(super) fn relay(
         let mut last_settings: Option<(u64, api::TelemetryCommand)> = None;
         let mut seen = 0u64;
         let mut answered: HashSet<u64> = HashSet::new();
-        let mut tick = tokio::time::interval(RESYNC);
+        // Streams to the members are open before the client's first Settings is read: a
+        // member, not the defaults, must answer it. The official Python PushConsumer, for
+        // one, stops reading its stream after the first Settings reply (its metrics hook
+        // fails when metrics are off), so the first reply is the one it keeps, and only a
+        // member's carries the group's retry policy and FIFO flag.
+        resync(
+            &inner,
+            &md,
+            &mut ups,
+            &mut generation,
+            &last_settings,
+            &up_tx,
+        );
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
         let mut shutdown = inner.shutdown.clone();
         loop {
             tokio::select! {
@@ -108,25 +121,7 @@ pub(super) fn relay(
                     }
                 }
                 _ = tick.tick() => {
-                    let members = inner.all_members();
-                    ups.retain(|addr, _| members.iter().any(|(_, a)| a == addr));
-                    for (group, addr) in members {
-                        if ups.contains_key(&addr) {
-                            continue;
-                        }
-                        generation += 1;
-                        if let Some(u) = open(
-                            &inner,
-                            &md,
-                            &group,
-                            &addr,
-                            generation,
-                            last_settings.clone(),
-                            up_tx.clone(),
-                        ) {
-                            ups.insert(addr, u);
-                        }
-                    }
+                    resync(&inner, &md, &mut ups, &mut generation, &last_settings, &up_tx);
                 }
                 _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => break,
             }
@@ -134,6 +129,36 @@ pub(super) fn relay(
         // Dropping `ups` ends the members' request streams.
     });
     Box::pin(futures::stream::poll_fn(move |cx| out_rx.poll_recv(cx)))
+}
+
+/// Drop the streams of members that left, open streams to members that have none.
+fn resync(
+    inner: &Inner,
+    md: &MetadataMap,
+    ups: &mut HashMap<String, Upstream>,
+    generation: &mut u64,
+    last_settings: &Option<(u64, api::TelemetryCommand)>,
+    up_tx: &mpsc::Sender<UpItem>,
+) {
+    let members = inner.all_members();
+    ups.retain(|addr, _| members.iter().any(|(_, a)| a == addr));
+    for (group, addr) in members {
+        if ups.contains_key(&addr) {
+            continue;
+        }
+        *generation += 1;
+        if let Some(u) = open(
+            inner,
+            md,
+            &group,
+            &addr,
+            *generation,
+            last_settings.clone(),
+            up_tx.clone(),
+        ) {
+            ups.insert(addr, u);
+        }
+    }
 }
 
 /// Open a stream to one member, sending `first` (the client's latest Settings) on it.
