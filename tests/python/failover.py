@@ -200,6 +200,17 @@ def run(cluster, faults, sends_between=60, log=print, kinds=("kill", "stop")):
     return report
 
 
+def assert_clean(report):
+    """The correctness figures of a report: no failed send, every producer acknowledged
+    something, nothing lost, FIFO order kept."""
+    for k, p in report["producers"].items():
+        assert p["failed"] == 0, f"{k} producer: {p['failed']} sends failed: {p['failures']}"
+        assert p["acked"] > 0, f"{k} producer acknowledged nothing"
+    for k, c in report["consumers"].items():
+        assert c["lost"] == 0, f"{k} consumer group never received {c['lost']} acknowledged messages: {c['lost_ids']}"
+    assert report["consumers"]["fifo"]["order_violations"] == 0
+
+
 def summary(report):
     lines = []
     for k, p in report["producers"].items():
