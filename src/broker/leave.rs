@@ -9,9 +9,11 @@
 //!    one vote round, not an election timeout) and waits until another node leads.
 //! 3. The node stops campaigning (it will hear no heartbeats once its server stops), and the
 //!    leaving report goes to every nameserver at once, not at the next heartbeat.
-//! 4. In-flight requests drain: the gRPC server stops accepting and finishes what it holds
-//!    (bounded, because Telemetry streams and long polls never end by themselves), then Raft
-//!    stops. Until then the node still serves as a follower, forwarding to the new leader.
+//! 4. In-flight requests drain: the gRPC server stops accepting, Telemetry streams and local
+//!    long polls end (they watch the same shutdown signal), and what else it holds finishes,
+//!    bounded (a receive forwarded to the new leader lasts as long as that leader's long
+//!    poll); then Raft stops. Until then the node still serves as a follower, forwarding to
+//!    the new leader.
 //!
 //! Every step is bounded, so a leave never takes much longer than [`LeaveTimeouts::total`];
 //! a step that times out is logged and the leave goes on.

@@ -162,6 +162,7 @@ impl MessagingSvc {
         };
         let deadline = tokio::time::Instant::now() + poll;
         let mut applied = node.sm.subscribe_applied();
+        let mut stop = node.shutdown_signal();
         loop {
             let pr = PopRequest {
                 group: &state_key,
@@ -223,7 +224,9 @@ impl MessagingSvc {
                 Err(e) => return Ok(Response::new(one(receive_status(error_status(&e))))),
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            // A node that stops serving (a graceful leave) ends its long polls at once, as if
+            // they had run out, so that its drain does not wait for them.
+            if now >= deadline || *stop.borrow() {
                 return Ok(Response::new(one(receive_status(status(
                     v2::Code::MessageNotFound,
                     "no new message",
@@ -231,7 +234,10 @@ impl MessagingSvc {
             }
             // Wake on a new applied entry, or in a while to catch expiring deliveries.
             let wake = (now + Duration::from_millis(200)).min(deadline);
-            let _ = tokio::time::timeout_at(wake, applied.changed()).await;
+            tokio::select! {
+                _ = tokio::time::timeout_at(wake, applied.changed()) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
         }
     }
 

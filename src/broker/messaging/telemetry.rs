@@ -54,7 +54,16 @@ impl MessagingSvc {
             },
             span,
         ));
-        let out = tokio_stream_from(rx);
+        // The stream ends when the node stops serving (a graceful leave drains requests, and
+        // a stream that never ends would hold the drain to its bound); clients open it again
+        // on another member.
+        let mut stop = self.node()?.shutdown_signal();
+        let out = Box::pin(futures::StreamExt::take_until(
+            tokio_stream_from(rx),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
         Ok(Response::new(out))
     }
 }
