@@ -25,3 +25,4 @@ pub mod proto;
 pub mod protocol;
 pub mod raft;
 pub mod storage;
+pub mod tls;
