@@ -16,6 +16,7 @@
 
 pub mod admin_cli;
 pub mod broker;
+pub mod cli_tls;
 pub mod client;
 pub mod config;
 pub mod duration;
