@@ -197,7 +197,7 @@ fn load_tls(
             TlsError::Read { key, .. }
             | TlsError::Parse { key, .. }
             | TlsError::Incomplete { key } => key,
-            TlsError::Address { .. } => "tls_cert",
+            TlsError::Address { .. } | TlsError::Generate { .. } => "tls_cert",
         };
         // The TLS error already names the key in backquotes; keep only its detail.
         let m = e.to_string();

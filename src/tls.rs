@@ -49,6 +49,14 @@ pub enum TlsError {
         /// The first missing key.
         key: &'static str,
     },
+    /// Generating or writing development certificates failed.
+    #[error("generating certificates in {}: {message}", dir.display())]
+    Generate {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// An address could not be made into a TLS endpoint.
     #[error("invalid address {addr:?}: {message}")]
     Address {
@@ -240,6 +248,68 @@ impl tonic::service::Interceptor for ClusterOnly {
             Err(Status::unauthenticated(CLIENT_CERT_REQUIRED))
         }
     }
+}
+
+/// Paths of a generated CA and node certificate.
+#[derive(Debug, Clone)]
+pub struct DevCerts {
+    /// The CA certificate (`ca.pem`).
+    pub ca: PathBuf,
+    /// The node certificate (`node.pem`), for server and client use.
+    pub cert: PathBuf,
+    /// Its key (`node-key.pem`).
+    pub key: PathBuf,
+}
+
+/// For development and tests only: a fresh CA and one certificate signed by it for `names`
+/// (DNS names or IPs, e.g. `127.0.0.1`, `localhost`), usable as server and client identity,
+/// written to `dir` as `ca.pem`, `node.pem`, `node-key.pem`. Files already there are reused
+/// (so clients configured with the CA keep working across restarts).
+pub fn dev_certs(dir: &Path, names: &[&str]) -> Result<DevCerts, TlsError> {
+    let out = DevCerts {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("node.pem"),
+        key: dir.join("node-key.pem"),
+    };
+    if out.ca.exists() && out.cert.exists() && out.key.exists() {
+        return Ok(out);
+    }
+    let fail = |message: String| TlsError::Generate {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let e = |e: rcgen::Error| fail(e.to_string());
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "raftmq development CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let node_key = KeyPair::generate().map_err(e)?;
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut node = CertificateParams::new(names).map_err(e)?;
+    node.distinguished_name
+        .push(DnType::CommonName, "raftmq node");
+    node.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_cert = node.signed_by(&node_key, &issuer).map_err(e)?;
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    for (path, text) in [
+        (&out.ca, ca_cert.pem()),
+        (&out.cert, node_cert.pem()),
+        (&out.key, node_key.serialize_pem()),
+    ] {
+        std::fs::write(path, text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
