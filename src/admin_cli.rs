@@ -827,7 +827,11 @@ impl Ctx {
     }
 
     async fn status(&self, addr: &str) -> Result<apb::NodeStatus, AdminError> {
-        let mut c = admin_client(addr, self.call_timeout().min(Duration::from_secs(2)), self.tls.as_ref())?;
+        let mut c = admin_client(
+            addr,
+            self.call_timeout().min(Duration::from_secs(2)),
+            self.tls.as_ref(),
+        )?;
         c.status(apb::StatusRequest {})
             .await
             .map(|r| r.into_inner())
@@ -1120,7 +1124,8 @@ async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, A
             let mut found_topic = false;
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     match c.query_message(req.clone()).await {
@@ -1194,7 +1199,8 @@ async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, A
             };
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let Ok(r) = c.trace_message(req.clone()).await else {
@@ -1538,7 +1544,8 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
             for g in &groups {
                 let mut queues = None;
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let req = apb::GroupProgressRequest {
@@ -1613,7 +1620,8 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
             let mut by_name: BTreeMap<String, ConsumerGroupOut> = BTreeMap::new();
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let Ok(r) = c.list_groups(apb::ListGroupsRequest {}).await else {

@@ -203,8 +203,8 @@ pub fn endpoint(addr: &str, tls: Option<&TlsSettings>) -> Result<Endpoint, TlsEr
     };
     let hostport = authority(addr);
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let ep = Endpoint::from_shared(format!("{scheme}://{hostport}"))
-        .map_err(|e| bad(e.to_string()))?;
+    let ep =
+        Endpoint::from_shared(format!("{scheme}://{hostport}")).map_err(|e| bad(e.to_string()))?;
     let Some(tls) = tls else {
         return Ok(ep);
     };

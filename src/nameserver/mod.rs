@@ -186,7 +186,11 @@ impl Nameserver {
             crate::tls::ClusterOnly::new(config.tls.as_ref()),
         );
         let (proxy_svc, access_svc) = if config.proxy {
-            let svc = proxy::ProxyService::with_tls(Arc::clone(&registry), streams_rx, config.tls.clone());
+            let svc = proxy::ProxyService::with_tls(
+                Arc::clone(&registry),
+                streams_rx,
+                config.tls.clone(),
+            );
             let svc = MessagingServiceServer::new(svc)
                 .max_decoding_message_size(proxy::MAX_MESSAGE)
                 .max_encoding_message_size(proxy::MAX_MESSAGE);
