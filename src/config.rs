@@ -608,6 +608,44 @@ mod tests {
                 Ok(_) => panic!("{key}: accepted"),
             }
         }
+        // TLS: all three or none, files read and parsed at start; errors name the key.
+        let bad = t.path().join("bad.pem");
+        std::fs::write(&bad, "not pem").unwrap_or_else(|e| panic!("{e}"));
+        let certs = crate::tls::dev_certs(&t.path().join("tls"), &["127.0.0.1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let with_tls = |cert: &Path, key: Option<&Path>, ca: &Path| BrokerSettings {
+            tls_cert: Some(cert.to_path_buf()),
+            tls_key: key.map(Path::to_path_buf),
+            tls_ca: Some(ca.to_path_buf()),
+            ..base.clone()
+        };
+        match with_tls(&certs.cert, Some(&certs.key), &certs.ca).into_node_config() {
+            Ok(c) => assert!(c.tls.is_some_and(|t| t.has_identity())),
+            Err(e) => panic!("valid TLS files refused: {e}"),
+        }
+        for (s, key) in [
+            (with_tls(&certs.cert, None, &certs.ca), "tls_key"),
+            (with_tls(&bad, Some(&certs.key), &certs.ca), "tls_cert"),
+            (with_tls(&certs.cert, Some(&bad), &certs.ca), "tls_key"),
+            (with_tls(&certs.cert, Some(&certs.key), &bad), "tls_ca"),
+            (
+                with_tls(&certs.cert, Some(&certs.key), &t.path().join("missing.pem")),
+                "tls_ca",
+            ),
+        ] {
+            match s.into_node_config() {
+                Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}"),
+                Ok(_) => panic!("{key}: accepted"),
+            }
+        }
+        let ns = NameserverSettings {
+            tls_cert: Some(certs.cert.clone()),
+            ..Default::default()
+        };
+        match ns.into_nameserver_config() {
+            Err(e) => assert!(e.to_string().contains("`tls_key`"), "{e}"),
+            Ok(_) => panic!("incomplete nameserver TLS accepted"),
+        }
         let f = t.path().join("c.toml");
         std::fs::write(&f, "group = \"g\"\nnode_di = 3\n").unwrap_or_else(|e| panic!("{e}"));
         match BrokerSettings::from_file(&f) {
