@@ -334,7 +334,6 @@ impl Producer {
 
     /// A producer whose every RPC (and each send attempt) is bounded by `timeout` instead of
     /// the default 10 s.
-
     pub fn with_timeout(access_point: &str, timeout: Duration) -> Result<Self, ClientError> {
         let mut p = Producer::new(access_point)?;
         p.ch.timeout = timeout;
