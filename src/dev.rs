@@ -220,9 +220,12 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     println!("  #   ClientConfiguration(\"{ns}\", Credentials()) -> Producer / SimpleConsumer");
     if let Some(c) = &certs {
         println!(
-            "  #   with ClientConfiguration(..., tls_enable=True) and the environment variable"
+            "  #   with Producer(..., tls_enable=True) / SimpleConsumer(..., tls_enable=True)"
         );
-        println!("  #   GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", c.ca.display());
+        println!(
+            "  #   and, in the client's environment, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}",
+            c.ca.display()
+        );
         println!(
             "  raftmq produce --nameservers {ns} --tls-ca {} --topic TopicTest hello",
             c.ca.display()

@@ -157,6 +157,9 @@ pub enum Lane {
 
 /// Turns a peer address into a URI: `host:port` (DNS name, IPv4 or `[IPv6]`) gets `http://`
 /// prepended; an address that already has a scheme is kept as is.
+///
+/// The plaintext form only (kept for its callers' tests and display); channels are built by
+/// [`crate::tls::endpoint`], which picks `http` or `https`.
 pub fn peer_uri(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
