@@ -139,7 +139,23 @@ impl TlsSettings {
     ) -> Result<Option<TlsSettings>, TlsError> {
         match (cert, key, ca) {
             (None, None, None) => Ok(None),
-            (Some(cert), Some(key), Some(ca)) => Self::client(ca, Some((cert, key))).map(Some),
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls = Self::client(ca, Some((cert, key)))?;
+                // Build the server side once now, so that a key that does not match the
+                // certificate (or a CA rustls cannot use) stops the process at start.
+                let config = tls.server_config()?;
+                tonic::transport::Server::builder()
+                    .tls_config(config)
+                    .map_err(|e| TlsError::Parse {
+                        key: "tls_key",
+                        path: key.to_path_buf(),
+                        message: format!(
+                            "`tls_cert`, `tls_key` and `tls_ca` do not make a usable TLS server: {}",
+                            error_chain(&e)
+                        ),
+                    })?;
+                Ok(Some(tls))
+            }
             (None, _, _) => Err(TlsError::Incomplete { key: "tls_cert" }),
             (_, None, _) => Err(TlsError::Incomplete { key: "tls_key" }),
             (_, _, None) => Err(TlsError::Incomplete { key: "tls_ca" }),
@@ -185,6 +201,18 @@ impl TlsSettings {
         }
         c
     }
+}
+
+/// An error and its sources, `a: b: c` (tonic's transport errors say little at the top).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// `HOST:PORT` without a scheme (a scheme given is dropped: the scheme follows from `tls`).
