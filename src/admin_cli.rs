@@ -122,6 +122,9 @@ pub struct AdminArgs {
     /// Return after the writes, without waiting for the nameservers to show the change.
     #[arg(long, global = true)]
     pub no_wait: bool,
+    /// TLS (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    #[command(flatten)]
+    pub tls: crate::cli_tls::TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub cmd: AdminCmd,
@@ -659,12 +662,12 @@ pub struct ClusterOut {
 
 // ---------------------------------------------------------------------------------------------
 
-fn uri(addr: &str) -> String {
-    crate::raft::network::peer_uri(addr)
-}
-
-fn admin_client(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, AdminError> {
-    let ep = tonic::transport::Endpoint::from_shared(uri(addr))
+fn admin_client(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsSettings>,
+) -> Result<AdminClient<Channel>, AdminError> {
+    let ep = crate::tls::endpoint(addr, tls)
         .map_err(|e| AdminError::Usage(format!("bad address `{addr}`: {e}")))?
         .connect_timeout(Duration::from_secs(2).min(timeout))
         .timeout(timeout);
@@ -674,8 +677,9 @@ fn admin_client(addr: &str, timeout: Duration) -> Result<AdminClient<Channel>, A
 fn nameserver_client(
     addr: &str,
     timeout: Duration,
+    tls: Option<&crate::tls::TlsSettings>,
 ) -> Result<NameserverClient<Channel>, AdminError> {
-    let ep = tonic::transport::Endpoint::from_shared(uri(addr))
+    let ep = crate::tls::endpoint(addr, tls)
         .map_err(|e| AdminError::Usage(format!("bad address `{addr}`: {e}")))?
         .connect_timeout(Duration::from_secs(2).min(timeout))
         .timeout(timeout);
@@ -719,6 +723,7 @@ impl Group {
 struct Ctx {
     args: AdminArgs,
     deadline: Instant,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Ctx {
@@ -757,7 +762,7 @@ impl Ctx {
         }
         let timeout = self.call_timeout();
         let calls = list.iter().map(|a| {
-            let client = nameserver_client(a, timeout);
+            let client = nameserver_client(a, timeout, self.tls.as_ref());
             let f = &f;
             async move {
                 let c = client?;
@@ -822,7 +827,11 @@ impl Ctx {
     }
 
     async fn status(&self, addr: &str) -> Result<apb::NodeStatus, AdminError> {
-        let mut c = admin_client(addr, self.call_timeout().min(Duration::from_secs(2)))?;
+        let mut c = admin_client(
+            addr,
+            self.call_timeout().min(Duration::from_secs(2)),
+            self.tls.as_ref(),
+        )?;
         c.status(apb::StatusRequest {})
             .await
             .map(|r| r.into_inner())
@@ -855,7 +864,7 @@ impl Ctx {
         let mut out: BTreeMap<String, BTreeMap<String, RouteGroup>> = BTreeMap::new();
         if let Some(b) = &self.args.broker {
             let g = self.broker_group(b).await?;
-            let mut c = admin_client(b, self.call_timeout())?;
+            let mut c = admin_client(b, self.call_timeout(), self.tls.as_ref())?;
             let topics = c
                 .list_topics(apb::ListTopicsRequest {})
                 .await
@@ -926,7 +935,7 @@ impl Ctx {
         let mut last = String::from("no member address known");
         loop {
             for addr in &targets {
-                let c = match admin_client(addr, self.call_timeout()) {
+                let c = match admin_client(addr, self.call_timeout(), self.tls.as_ref()) {
                     Ok(c) => c,
                     Err(e) => {
                         last = e.to_string();
@@ -1028,7 +1037,12 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
             "give --nameservers HOST:PORT[,HOST:PORT] or --broker HOST:PORT".into(),
         ));
     }
+    let tls = args
+        .tls
+        .load()
+        .map_err(|e| AdminError::Usage(e.to_string()))?;
     let ctx = Ctx {
+        tls,
         deadline: Instant::now() + Duration::from_millis(args.timeout_ms.max(100)),
         args,
     };
@@ -1110,7 +1124,8 @@ async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, A
             let mut found_topic = false;
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     match c.query_message(req.clone()).await {
@@ -1184,7 +1199,8 @@ async fn message_cmd(ctx: &Ctx, cmd: MessageCmd, json: bool) -> Result<Output, A
             };
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let Ok(r) = c.trace_message(req.clone()).await else {
@@ -1264,7 +1280,7 @@ async fn topic_status(ctx: &Ctx, name: &str) -> Result<Output, AdminError> {
     let mut out = Vec::new();
     for g in &groups {
         for addr in g.targets() {
-            let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+            let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
                 continue;
             };
             let Ok(topics) = c.list_topics(apb::ListTopicsRequest {}).await else {
@@ -1528,7 +1544,8 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
             for g in &groups {
                 let mut queues = None;
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let req = apb::GroupProgressRequest {
@@ -1603,7 +1620,8 @@ async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> 
             let mut by_name: BTreeMap<String, ConsumerGroupOut> = BTreeMap::new();
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout()) else {
+                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
+                    else {
                         continue;
                     };
                     let Ok(r) = c.list_groups(apb::ListGroupsRequest {}).await else {

@@ -33,6 +33,9 @@
 //! | `max_delay` | longest delay a delay message may ask for (`500ms`, `30s`, `5m`, `24h`, `2d`) | `24h` |
 //! | `transaction_check_interval` | check back a transaction half message unresolved this long, then again every interval | `30s` |
 //! | `transaction_max_checks` | discard a half message after this many unanswered check-backs | `15` |
+//! | `tls_cert` | PEM certificate chain of this node (server and client identity; SANs: its host names / IPs) | off |
+//! | `tls_key` | PEM private key of `tls_cert` | off |
+//! | `tls_ca` | PEM CA bundle of the cluster: verifies peers, nameservers and client certificates | off |
 //!
 //! Nameserver keys ([`NameserverSettings`]):
 //!
@@ -41,6 +44,15 @@
 //! | `listen` | gRPC `IP:PORT` to bind (route registry + RocketMQ access point) | `0.0.0.0:9876` |
 //! | `node_timeout_ms` | drop a broker node silent this long; ≥ 150 | `3000` |
 //! | `proxy` | relay every client RPC to the broker groups (routes name the nameserver) | `true` |
+//! | `tls_cert` | PEM certificate chain of this nameserver (server and client identity) | off |
+//! | `tls_key` | PEM private key of `tls_cert` | off |
+//! | `tls_ca` | PEM CA bundle of the cluster | off |
+//!
+//! TLS (both processes): `tls_cert`, `tls_key` and `tls_ca` go together, all three or none;
+//! the files are read and parsed at start. With them the gRPC port serves TLS (client
+//! certificates optional, verified against `tls_ca` when presented), the cluster-internal
+//! services (Raft, Admin, broker registration) demand a client certificate of the CA, and every
+//! channel to another member uses mutual TLS. The HTTP port (`http_listen`) stays plain HTTP.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -165,6 +177,36 @@ pub struct BrokerSettings {
     pub transaction_check_interval: Option<String>,
     /// After this many unanswered check-backs a half message is discarded (default 15).
     pub transaction_max_checks: Option<u32>,
+    /// PEM certificate chain of this node; with `tls_key` and `tls_ca` turns TLS on.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle of the cluster.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// All three TLS keys or none; files read and parsed now, errors naming the key.
+fn load_tls(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    ca: Option<&Path>,
+) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+    use crate::tls::TlsError;
+    crate::tls::TlsSettings::server(cert, key, ca).map_err(|e| {
+        let key = match &e {
+            TlsError::Read { key, .. }
+            | TlsError::Parse { key, .. }
+            | TlsError::Incomplete { key } => key,
+            TlsError::Address { .. } | TlsError::Generate { .. } => "tls_cert",
+        };
+        // The TLS error already names the key in backquotes; keep only its detail.
+        let m = e.to_string();
+        let m = m
+            .strip_prefix(&format!("`{key}`: "))
+            .unwrap_or(&m)
+            .to_string();
+        invalid(key, m)
+    })
 }
 
 /// `64K`, `1M`, `2G`, or plain bytes.
@@ -215,6 +257,9 @@ impl BrokerSettings {
                 .transaction_check_interval
                 .or(base.transaction_check_interval),
             transaction_max_checks: self.transaction_max_checks.or(base.transaction_max_checks),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            tls_ca: self.tls_ca.or(base.tls_ca),
         }
     }
 
@@ -353,6 +398,11 @@ impl BrokerSettings {
         if let Some(h) = &self.http_listen {
             cfg.http_listen = Some(parse_listen("http_listen", h)?);
         }
+        cfg.tls = load_tls(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )?;
         // Everything the node itself checks was checked above, key by key; this only guards
         // against a rule added there later.
         cfg.validate().map_err(|e| {
@@ -408,6 +458,12 @@ pub struct NameserverSettings {
     /// frozen or killed leader costs clients about one election. `false`: routes name the
     /// brokers and only the access-point RPCs are answered here.
     pub proxy: Option<bool>,
+    /// PEM certificate chain of this nameserver; with `tls_key` and `tls_ca` turns TLS on.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle of the cluster.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl NameserverSettings {
@@ -422,6 +478,9 @@ impl NameserverSettings {
             listen: self.listen.or(base.listen),
             node_timeout_ms: self.node_timeout_ms.or(base.node_timeout_ms),
             proxy: self.proxy.or(base.proxy),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            tls_ca: self.tls_ca.or(base.tls_ca),
         }
     }
 
@@ -449,6 +508,11 @@ impl NameserverSettings {
             listen,
             node_timeout,
             proxy: self.proxy.unwrap_or(true),
+            tls: load_tls(
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+                self.tls_ca.as_deref(),
+            )?,
         })
     }
 }
@@ -543,6 +607,44 @@ mod tests {
                 Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}"),
                 Ok(_) => panic!("{key}: accepted"),
             }
+        }
+        // TLS: all three or none, files read and parsed at start; errors name the key.
+        let bad = t.path().join("bad.pem");
+        std::fs::write(&bad, "not pem").unwrap_or_else(|e| panic!("{e}"));
+        let certs = crate::tls::dev_certs(&t.path().join("tls"), &["127.0.0.1"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let with_tls = |cert: &Path, key: Option<&Path>, ca: &Path| BrokerSettings {
+            tls_cert: Some(cert.to_path_buf()),
+            tls_key: key.map(Path::to_path_buf),
+            tls_ca: Some(ca.to_path_buf()),
+            ..base.clone()
+        };
+        match with_tls(&certs.cert, Some(&certs.key), &certs.ca).into_node_config() {
+            Ok(c) => assert!(c.tls.is_some_and(|t| t.has_identity())),
+            Err(e) => panic!("valid TLS files refused: {e}"),
+        }
+        for (s, key) in [
+            (with_tls(&certs.cert, None, &certs.ca), "tls_key"),
+            (with_tls(&bad, Some(&certs.key), &certs.ca), "tls_cert"),
+            (with_tls(&certs.cert, Some(&bad), &certs.ca), "tls_key"),
+            (with_tls(&certs.cert, Some(&certs.key), &bad), "tls_ca"),
+            (
+                with_tls(&certs.cert, Some(&certs.key), &t.path().join("missing.pem")),
+                "tls_ca",
+            ),
+        ] {
+            match s.into_node_config() {
+                Err(e) => assert!(e.to_string().contains(&format!("`{key}`")), "{key}: {e}"),
+                Ok(_) => panic!("{key}: accepted"),
+            }
+        }
+        let ns = NameserverSettings {
+            tls_cert: Some(certs.cert.clone()),
+            ..Default::default()
+        };
+        match ns.into_nameserver_config() {
+            Err(e) => assert!(e.to_string().contains("`tls_key`"), "{e}"),
+            Ok(_) => panic!("incomplete nameserver TLS accepted"),
         }
         let f = t.path().join("c.toml");
         std::fs::write(&f, "group = \"g\"\nnode_di = 3\n").unwrap_or_else(|e| panic!("{e}"));

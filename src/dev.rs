@@ -24,6 +24,10 @@ pub struct DevArgs {
     /// CommitLog segment size for the dev nodes.
     #[arg(long, default_value = "64M")]
     pub segment_size: String,
+    /// Serve TLS everywhere (mutual TLS between the processes) with a CA and a certificate for
+    /// 127.0.0.1/localhost generated into `<data-dir>/tls/` (reused if present).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct Children(Vec<(String, Child)>);
@@ -110,14 +114,32 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = (1..=3)
         .map(|i| format!("{i}=127.0.0.1:{}", BROKER_BASE_PORT + i))
         .collect();
+    // One certificate for every process: the dev cluster is all on 127.0.0.1.
+    let certs = if a.tls {
+        Some(raftmq::tls::dev_certs(
+            &data.join("tls"),
+            &["127.0.0.1", "localhost"],
+        )?)
+    } else {
+        None
+    };
+    let tls_flags: Vec<String> = match &certs {
+        Some(c) => vec![
+            "--tls-cert".into(),
+            c.cert.display().to_string(),
+            "--tls-key".into(),
+            c.key.display().to_string(),
+            "--tls-ca".into(),
+            c.ca.display().to_string(),
+        ],
+        None => Vec::new(),
+    };
     let mut children = Children(Vec::new());
+    let mut ns_args: Vec<String> = vec!["nameserver".into(), "--listen".into(), ns.clone()];
+    ns_args.extend(tls_flags.iter().cloned());
     children.0.push((
         "nameserver".into(),
-        spawn(
-            &exe,
-            data.join("nameserver.log"),
-            &["nameserver".into(), "--listen".into(), ns.clone()],
-        )?,
+        spawn(&exe, data.join("nameserver.log"), &ns_args)?,
     ));
     for i in 1..=3u16 {
         let args = vec![
@@ -139,6 +161,8 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
             "--http-listen".into(),
             format!("127.0.0.1:{}", HTTP_BASE_PORT + i),
         ];
+        let mut args = args;
+        args.extend(tls_flags.iter().cloned());
         children.0.push((
             format!("node {i}"),
             spawn(&exe, data.join(format!("node{i}.log")), &args)?,
@@ -154,15 +178,9 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
             }
         }
         let out = Command::new(&exe)
-            .args([
-                "admin",
-                "--nameservers",
-                &ns,
-                "--json",
-                "--timeout-ms",
-                "2000",
-                "cluster",
-            ])
+            .args(["admin", "--nameservers", &ns])
+            .args(&tls_flags)
+            .args(["--json", "--timeout-ms", "2000", "cluster"])
             .output()?;
         if out.status.success()
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -188,12 +206,32 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     }
     println!("  leader          {leader}");
     println!("  logs            {}/*.log", data.display());
+    let tls_cli = tls_flags.join(" ");
+    let sp = if tls_cli.is_empty() { "" } else { " " };
+    if let Some(c) = &certs {
+        println!("  TLS CA          {}", c.ca.display());
+        println!("  TLS cert / key  {} {}", c.cert.display(), c.key.display());
+        println!("  (gRPC ports serve TLS; the HTTP ports stay plain HTTP)");
+    }
     println!();
     println!("Try it:");
-    println!("  raftmq admin --nameservers {ns} topic create TopicTest --queues 4");
+    println!("  raftmq admin --nameservers {ns}{sp}{tls_cli} topic create TopicTest --queues 4");
     println!("  # then, with the official Python client (pip install rocketmq-python-client):");
     println!("  #   ClientConfiguration(\"{ns}\", Credentials()) -> Producer / SimpleConsumer");
-    println!("  raftmq admin --nameservers {ns} cluster");
+    if let Some(c) = &certs {
+        println!(
+            "  #   with Producer(..., tls_enable=True) / SimpleConsumer(..., tls_enable=True)"
+        );
+        println!(
+            "  #   and, in the client's environment, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}",
+            c.ca.display()
+        );
+        println!(
+            "  raftmq produce --nameservers {ns} --tls-ca {} --topic TopicTest hello",
+            c.ca.display()
+        );
+    }
+    println!("  raftmq admin --nameservers {ns}{sp}{tls_cli} cluster");
     println!();
     println!("Ctrl-C stops everything.");
 

@@ -13,9 +13,13 @@
 //!   in flight), records the delivery as a Raft command and answers with receipt handles;
 //!   `AckMessage` / `ChangeInvisibleDuration` are Raft commands too, so a new leader knows
 //!   what was consumed.
+//! * **TLS** ([`tls`]): optional on every gRPC port; cluster members talk mutual TLS and the
+//!   cluster-internal services (Raft, Admin, broker registration) demand a certificate of the
+//!   cluster CA, while RocketMQ clients need only trust the CA.
 
 pub mod admin_cli;
 pub mod broker;
+pub mod cli_tls;
 pub mod client;
 pub mod config;
 pub mod duration;
@@ -25,3 +29,4 @@ pub mod proto;
 pub mod protocol;
 pub mod raft;
 pub mod storage;
+pub mod tls;

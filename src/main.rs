@@ -183,6 +183,16 @@ struct BrokerArgs {
     /// Discard a half message after this many unanswered check-backs (default 15).
     #[arg(long, env = "RAFTMQ_TRANSACTION_MAX_CHECKS")]
     transaction_max_checks: Option<u32>,
+    /// PEM certificate chain of this node (with --tls-key and --tls-ca: TLS on the gRPC port
+    /// and mutual TLS to peers and nameservers).
+    #[arg(long, env = "RAFTMQ_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RAFTMQ_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle of the cluster.
+    #[arg(long, env = "RAFTMQ_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl BrokerArgs {
@@ -207,6 +217,9 @@ impl BrokerArgs {
             max_delay: self.max_delay,
             transaction_check_interval: self.transaction_check_interval,
             transaction_max_checks: self.transaction_max_checks,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_ca: self.tls_ca,
         }
     }
 }

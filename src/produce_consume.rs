@@ -54,9 +54,16 @@ pub struct Access {
     /// One access point `HOST:PORT` (a broker node or a nameserver); overrides --nameservers.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// TLS (`--tls-ca`, `--tls-cert`, `--tls-key`).
+    #[command(flatten)]
+    pub tls: raftmq::cli_tls::TlsArgs,
 }
 
 impl Access {
+    fn tls(&self) -> anyhow::Result<Option<raftmq::tls::TlsSettings>> {
+        Ok(self.tls.load()?)
+    }
+
     fn access_point(&self) -> anyhow::Result<String> {
         let list: Vec<String> = match &self.endpoint {
             Some(e) => vec![e.trim().to_string()],
@@ -269,7 +276,7 @@ pub fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         (None, None) if a.count.is_some() => 16,
         (None, None) => 1,
     };
-    let producer = Producer::new(&ap)?;
+    let producer = Producer::new(&ap)?.with_tls(a.access.tls()?);
     let template = OutMessage {
         topic: a.topic.clone(),
         tag: a.tag.clone(),
@@ -401,10 +408,14 @@ fn transient(e: &ClientError) -> bool {
 /// (a route lists each queue once per member, `broker.name = <group>@<member>`), else 0. A
 /// receive on one entry pops from one group only, so after an empty long poll the other
 /// entries are swept (without waiting) before concluding the topic is drained.
-async fn sweep_len(access_point: &str, topic: &str) -> usize {
+async fn sweep_len(
+    access_point: &str,
+    topic: &str,
+    tls: Option<&raftmq::tls::TlsSettings>,
+) -> usize {
     use v2::messaging_service_client::MessagingServiceClient;
     for ap in access_point.split(',') {
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{ap}")) else {
+        let Ok(ep) = raftmq::tls::endpoint(ap, tls) else {
             continue;
         };
         let ep = ep
@@ -489,7 +500,8 @@ const RECEIVE_BATCH: u64 = 32;
 /// `raftmq consume`.
 pub fn consume(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let ap = a.access.access_point()?;
-    let consumer = SimpleConsumer::new(&ap, &a.group, &a.topic, &a.filter)?;
+    let tls = a.access.tls()?;
+    let consumer = SimpleConsumer::new(&ap, &a.group, &a.topic, &a.filter)?.with_tls(tls.clone());
     let invisible = Duration::from_secs(a.invisible_secs);
     let wait = Duration::from_secs(a.wait_secs);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -497,7 +509,7 @@ pub fn consume(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let sweep = sweep_len(&ap, &a.topic).await;
+        let sweep = sweep_len(&ap, &a.topic, tls.as_ref()).await;
         let mut stdout = std::io::stdout();
         let mut received = 0u64;
         let mut ack_failed = 0u64;

@@ -70,6 +70,9 @@ pub struct NodeConfig {
     pub transaction_check_interval: Duration,
     /// After this many unanswered check-backs a half message is discarded.
     pub transaction_max_checks: u32,
+    /// TLS on the gRPC port and mutual TLS on every channel to other members and to the
+    /// nameservers; `None` = plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl NodeConfig {
@@ -98,6 +101,7 @@ impl NodeConfig {
             transaction_check_interval: Duration::from_secs(30),
             transaction_max_checks: 15,
             nameservers: Vec::new(),
+            tls: None,
             http_listen: None,
         }
     }
@@ -290,7 +294,13 @@ impl Node {
             .map_or(0, |v| v.leader_id.term);
         handle.count_messages_of(config.node_id, start_term, log.next_index()?);
         let raft_cfg = Arc::new(config.raft_config()?);
-        let network = GrpcNetworkFactory::new(config.node_id, GrpcNetworkConfig::default());
+        let network = GrpcNetworkFactory::new(
+            config.node_id,
+            GrpcNetworkConfig {
+                tls: config.tls.clone(),
+                ..GrpcNetworkConfig::default()
+            },
+        );
         let raft = Raft::new(config.node_id, raft_cfg, network, store, sm)
             .await
             .map_err(|e| BrokerError::Raft(e.to_string()))?;
@@ -312,17 +322,35 @@ impl Node {
             ),
             None => None,
         };
+        let mut builder = configure_server(tonic::transport::Server::builder());
+        if let Some(tls) = &config.tls {
+            let c = tls
+                .server_config()
+                .map_err(|e| BrokerError::Config(e.to_string()))?;
+            builder = builder
+                .tls_config(c)
+                .map_err(|e| BrokerError::Config(format!("tls: {e}")))?;
+        }
         let (shutdown, mut rx) = watch::channel(false);
         let sessions = Arc::new(super::sessions::Sessions::default());
         let node = Arc::new_cyclic(|weak: &std::sync::Weak<Node>| {
-            let admin = super::admin::AdminService::new(weak.clone()).into_server();
-            let raft_svc = RaftGrpcService::new(raft.clone()).into_server();
+            // Raft and Admin are for cluster members and operators only: with TLS they demand
+            // a client certificate of the cluster CA (client SDKs use `messaging`).
+            let cluster_only = crate::tls::ClusterOnly::new(config.tls.as_ref());
+            let admin = tonic::service::interceptor::InterceptedService::new(
+                super::admin::AdminService::new(weak.clone()).into_server(),
+                cluster_only,
+            );
+            let raft_svc = tonic::service::interceptor::InterceptedService::new(
+                RaftGrpcService::new(raft.clone()).into_server(),
+                cluster_only,
+            );
             let messaging =
                 super::messaging::MessagingSvc::new(weak.clone(), Arc::clone(&sessions))
                     .into_server();
             let incoming = tokio_stream_listener(listener);
             let server = tokio::spawn(async move {
-                let res = configure_server(tonic::transport::Server::builder())
+                let res = builder
                     .trace_fn(request_span)
                     .add_service(raft_svc)
                     .add_service(admin)

@@ -29,7 +29,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    fn client(&self, addr: &str) -> Result<AdminClient<Channel>, BrokerError> {
+    fn client(
+        &self,
+        addr: &str,
+        tls: Option<&crate::tls::TlsSettings>,
+    ) -> Result<AdminClient<Channel>, BrokerError> {
         let mut g = self
             .clients
             .lock()
@@ -37,7 +41,7 @@ impl Forwarder {
         if let Some(c) = g.get(addr) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
+        let ep = crate::tls::endpoint(addr, tls)
             .map_err(|e| BrokerError::Config(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(30));
@@ -280,7 +284,7 @@ impl Node {
         let Route::Leader(id, addr) = route else {
             return Err(BrokerError::NoLeader(self.config.group.clone()));
         };
-        let mut c = self.forwarder.client(&addr)?;
+        let mut c = self.forwarder.client(&addr, self.config.tls.as_ref())?;
         c.produce(req)
             .await
             .map(|r| r.into_inner())
@@ -657,7 +661,7 @@ impl Node {
         F: FnOnce(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let c = self.forwarder.client(&addr)?;
+        let c = self.forwarder.client(&addr, self.config.tls.as_ref())?;
         f(c).await
             .map(|r| r.into_inner())
             .map_err(|s| fwd_err(id, &addr, s))

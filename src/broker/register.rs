@@ -71,7 +71,7 @@ pub fn report(node: &Node) -> pb::NodeReport {
 pub async fn announce(node: &Node, timeout: Duration) {
     let report = report(node);
     let sends = node.config.nameservers.iter().filter_map(|addr| {
-        let mut t = Target::new(addr)?;
+        let mut t = Target::new(addr, node.config.tls.as_ref())?;
         let report = report.clone();
         Some(async move {
             if let Err(e) = t.send(report, timeout).await {
@@ -93,9 +93,8 @@ struct Target {
 }
 
 impl Target {
-    fn new(addr: &str) -> Option<Target> {
-        let ep = match tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
-        {
+    fn new(addr: &str, tls: Option<&crate::tls::TlsSettings>) -> Option<Target> {
+        let ep = match crate::tls::endpoint(addr, tls) {
             Ok(ep) => ep,
             Err(e) => {
                 tracing::warn!("nameserver `{addr}` is not a valid address, skipped: {e}");
@@ -171,7 +170,7 @@ pub fn spawn(node: Arc<Node>) -> JoinHandle<()> {
             .config
             .nameservers
             .iter()
-            .filter_map(|a| Target::new(a))
+            .filter_map(|a| Target::new(a, node.config.tls.as_ref()))
             .collect();
         if targets.is_empty() {
             return;

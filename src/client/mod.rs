@@ -135,6 +135,9 @@ struct Channels {
     access: Vec<String>,
     clients: Mutex<HashMap<String, MessagingServiceClient<Channel>>>,
     timeout: Duration,
+    /// `https://` with the cluster CA (and a client certificate if it has one); `None` =
+    /// plaintext.
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Channels {
@@ -151,6 +154,7 @@ impl Channels {
             access,
             clients: Mutex::new(HashMap::new()),
             timeout,
+            tls: None,
         })
     }
 
@@ -162,7 +166,7 @@ impl Channels {
         if let Some(c) = g.get(addr) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let ep = crate::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| ClientError::Invalid(format!("bad address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(self.timeout)
@@ -320,6 +324,12 @@ impl Producer {
             seq: AtomicU64::new(0),
             max_attempts: 3,
         })
+    }
+
+    /// Connect with TLS (`Some`): verify the servers against the CA in `tls`.
+    pub fn with_tls(mut self, tls: Option<crate::tls::TlsSettings>) -> Self {
+        self.ch.tls = tls;
+        self
     }
 
     /// A producer whose every RPC (and each send attempt) is bounded by `timeout` instead of
@@ -492,6 +502,12 @@ impl SimpleConsumer {
             queues: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
         })
+    }
+
+    /// Connect with TLS (`Some`): verify the servers against the CA in `tls`.
+    pub fn with_tls(mut self, tls: Option<crate::tls::TlsSettings>) -> Self {
+        self.ch.tls = tls;
+        self
     }
 
     /// A consumer whose RPCs are bounded by `timeout` (default 60 s; it must exceed the long

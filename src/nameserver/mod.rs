@@ -84,6 +84,10 @@ pub struct NameserverConfig {
     /// Relay every client RPC to the broker groups ([`proxy`]) instead of answering only
     /// the access-point RPCs ([`service::AccessPointService`]).
     pub proxy: bool,
+    /// TLS on the gRPC port (the registration service then demands a client certificate of
+    /// the cluster CA) and mutual TLS on the proxy's channels to the brokers; `None` =
+    /// plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl NameserverConfig {
@@ -93,6 +97,7 @@ impl NameserverConfig {
             listen,
             node_timeout: DEFAULT_NODE_TIMEOUT,
             proxy: true,
+            tls: None,
         }
     }
 }
@@ -119,6 +124,15 @@ pub struct NameserverArgs {
     /// Telemetry and NotifyClientTermination, and routes name the brokers).
     #[arg(long, env = "RAFTMQ_NAMESERVER_PROXY")]
     pub proxy: Option<bool>,
+    /// PEM certificate chain of this nameserver (with --tls-key and --tls-ca: TLS on).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RAFTMQ_NAMESERVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle of the cluster (verifies brokers and client certificates).
+    #[arg(long, env = "RAFTMQ_NAMESERVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl NameserverArgs {
@@ -128,6 +142,9 @@ impl NameserverArgs {
             listen: self.listen.clone(),
             node_timeout_ms: self.node_timeout_ms,
             proxy: self.proxy,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
         }
     }
 
@@ -163,10 +180,17 @@ impl Nameserver {
         let registry = Arc::new(Registry::new(config.node_timeout));
         let (shutdown, mut rx) = watch::channel(false);
         let streams_rx = rx.clone();
-        let registry_svc =
-            NameserverServer::new(service::RegistryService::new(Arc::clone(&registry)));
+        // Broker registration is for cluster members only (with TLS: a cluster certificate).
+        let registry_svc = tonic::service::interceptor::InterceptedService::new(
+            NameserverServer::new(service::RegistryService::new(Arc::clone(&registry))),
+            crate::tls::ClusterOnly::new(config.tls.as_ref()),
+        );
         let (proxy_svc, access_svc) = if config.proxy {
-            let svc = proxy::ProxyService::new(Arc::clone(&registry), streams_rx);
+            let svc = proxy::ProxyService::with_tls(
+                Arc::clone(&registry),
+                streams_rx,
+                config.tls.clone(),
+            );
             let svc = MessagingServiceServer::new(svc)
                 .max_decoding_message_size(proxy::MAX_MESSAGE)
                 .max_encoding_message_size(proxy::MAX_MESSAGE);
@@ -182,8 +206,17 @@ impl Nameserver {
             });
             Some((r, l))
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let c = tls
+                .server_config()
+                .map_err(|e| NameserverError::Config(e.to_string()))?;
+            builder = builder
+                .tls_config(c)
+                .map_err(|e| NameserverError::Config(format!("tls: {e}")))?;
+        }
         let server = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))

@@ -76,11 +76,22 @@ struct Inner {
     suspects: Mutex<HashMap<String, Instant>>,
     rr: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// Mutual TLS to the brokers; `None` = plaintext.
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 impl ProxyService {
     /// A proxy over `registry`; its Telemetry streams end when `shutdown` turns true.
     pub fn new(registry: Arc<Registry>, shutdown: watch::Receiver<bool>) -> Self {
+        Self::with_tls(registry, shutdown, None)
+    }
+
+    /// [`ProxyService::new`] whose channels to the brokers use mutual TLS when `tls` is set.
+    pub fn with_tls(
+        registry: Arc<Registry>,
+        shutdown: watch::Receiver<bool>,
+        tls: Option<crate::tls::TlsSettings>,
+    ) -> Self {
         ProxyService {
             inner: Arc::new(Inner {
                 registry,
@@ -88,6 +99,7 @@ impl ProxyService {
                 suspects: Mutex::default(),
                 rr: AtomicU64::new(0),
                 shutdown,
+                tls,
             }),
         }
     }
@@ -142,7 +154,7 @@ impl Inner {
         if let Some(c) = g.get(addr) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
+        let ep = crate::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| Status::internal(format!("bad broker address {addr}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

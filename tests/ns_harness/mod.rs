@@ -55,6 +55,11 @@ impl Env {
 
     /// Start a nameserver; returns its address.
     pub fn start_nameserver(&mut self, node_timeout_ms: u64) -> String {
+        self.start_nameserver_with(node_timeout_ms, &[])
+    }
+
+    /// `start_nameserver` with extra `raftmq nameserver` flags.
+    pub fn start_nameserver_with(&mut self, node_timeout_ms: u64, extra: &[&str]) -> String {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = self.log(&format!("ns{}", self.nameservers.len()));
         let child = Command::new(env!("CARGO_BIN_EXE_raftmq"))
@@ -65,6 +70,7 @@ impl Env {
                 "--node-timeout-ms",
                 &node_timeout_ms.to_string(),
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -48,9 +48,12 @@ def wait_for(cond, timeout, what):
 
 
 class Cluster:
-    def __init__(self, n=3, extra_args=None):
+    def __init__(self, n=3, extra_args=None, ns_extra_args=None, admin_args=None):
         # Extra `raftmq broker` flags for every node (e.g. ["--max-delay", "1h"]), kept for restarts.
         self.extra_args = list(extra_args or [])
+        # Extra `raftmq nameserver` and `raftmq admin` flags (e.g. the --tls-* files).
+        self.ns_extra_args = list(ns_extra_args or [])
+        self.admin_args = list(admin_args or [])
         self.dir = tempfile.mkdtemp(prefix="raftmq-py-")
         self.ns_port = free_port()
         self.ports = {i: free_port() for i in range(1, n + 1)}
@@ -72,7 +75,7 @@ class Cluster:
         self.procs[key] = subprocess.Popen([BIN] + args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def start_nameserver(self):
-        self._spawn("ns", ["nameserver", "--listen", self.nameserver])
+        self._spawn("ns", ["nameserver", "--listen", self.nameserver, *self.ns_extra_args])
 
     def start(self, i):
         self._spawn(i, [
@@ -89,7 +92,7 @@ class Cluster:
             p.wait(timeout=10)
 
     def admin(self, *args):
-        out = subprocess.run([BIN, "admin", "--nameservers", self.nameserver, "--json", *args],
+        out = subprocess.run([BIN, "admin", "--nameservers", self.nameserver, *self.admin_args, "--json", *args],
                              capture_output=True, timeout=60)
         if (out.returncode == 2 and b"Usage:" in out.stderr) or b"panicked at" in out.stderr:
             raise AdminUsageError(f"raftmq admin {' '.join(args)}: {out.stderr.decode()}")

@@ -42,7 +42,8 @@ impl MessagingSvc {
         if let Some(c) = g.get(addr) {
             return Ok(c.clone());
         }
-        let ep = tonic::transport::Endpoint::from_shared(crate::raft::network::peer_uri(addr))
+        let tls = self.node()?.config.tls.clone();
+        let ep = crate::tls::endpoint(addr, tls.as_ref())
             .map_err(|e| Status::internal(format!("bad leader address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             // A frozen leader (SIGSTOP, a hung host) keeps its TCP connections open: pings

@@ -124,6 +124,9 @@ pub struct GrpcNetworkConfig {
     /// `Config::heartbeat_interval`; set it if follower appends (fsync included) can take
     /// longer than that, to avoid needlessly restarting replication streams.
     pub stream_response_timeout: Option<Duration>,
+    /// Mutual TLS to the peers (`https://`, the cluster CA, this node's certificate as client
+    /// identity); `None` = plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for GrpcNetworkConfig {
@@ -136,6 +139,7 @@ impl Default for GrpcNetworkConfig {
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             stream_response_timeout: None,
+            tls: None,
         }
     }
 }
@@ -153,6 +157,9 @@ pub enum Lane {
 
 /// Turns a peer address into a URI: `host:port` (DNS name, IPv4 or `[IPv6]`) gets `http://`
 /// prepended; an address that already has a scheme is kept as is.
+///
+/// The plaintext form only (kept for its callers' tests and display); channels are built by
+/// [`crate::tls::endpoint`], which picks `http` or `https`.
 pub fn peer_uri(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
@@ -161,12 +168,13 @@ pub fn peer_uri(addr: &str) -> String {
     }
 }
 
-/// Builds the tonic endpoint for a peer address with the configured transport settings.
+/// Builds the tonic endpoint for a peer address with the configured transport settings
+/// (scheme and TLS from [`crate::tls::endpoint`]).
 pub fn peer_endpoint(
     addr: &str,
     config: &GrpcNetworkConfig,
-) -> Result<Endpoint, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(peer_uri(addr))?
+) -> Result<Endpoint, crate::tls::TlsError> {
+    let mut endpoint = crate::tls::endpoint(addr, config.tls.as_ref())?
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
         .http2_adaptive_window(true);
