@@ -253,9 +253,11 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump(report, f, indent=1)
-    bad = any(p["failed"] for p in report["producers"].values()) or any(
-        c["lost"] or c.get("order_violations") for c in report["consumers"].values())
-    sys.exit(1 if bad else 0)
+    try:
+        assert_clean(report)
+    except AssertionError as e:
+        print(f"FAILED: {e}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
