@@ -17,6 +17,7 @@
 //!   cluster-internal services (Raft, Admin, broker registration) demand a certificate of the
 //!   cluster CA, while RocketMQ clients need only trust the CA.
 
+pub mod acl;
 pub mod admin_cli;
 pub mod broker;
 pub mod cli_tls;
