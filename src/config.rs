@@ -36,6 +36,13 @@
 //! | `tls_cert` | PEM certificate chain of this node (server and client identity; SANs: its host names / IPs) | off |
 //! | `tls_key` | PEM private key of `tls_cert` | off |
 //! | `tls_ca` | PEM CA bundle of the cluster: verifies peers, nameservers and client certificates | off |
+//! | `acl_enabled` | authenticate and authorize every client and admin request (RocketMQ 5 ACL: signed requests, users, policies) | `false` |
+//! | `acl_admin_access_key` | access key of the bootstrap super user (not replicated; the same on every node) | none |
+//! | `acl_admin_secret_key` | its secret key (6–128 printable characters); prefer the env var `RAFTMQ_ACL_ADMIN_SECRET_KEY` | none |
+//!
+//! ACL: with `acl_enabled` a group needs a way in for the first admin command, so it needs
+//! the bootstrap super user, or TLS (a caller holding a certificate of the cluster CA is a
+//! super user on the Admin service). See `crate::acl`.
 //!
 //! Nameserver keys ([`NameserverSettings`]):
 //!
@@ -183,6 +190,12 @@ pub struct BrokerSettings {
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle of the cluster.
     pub tls_ca: Option<PathBuf>,
+    /// Authenticate and authorize every request (default `false`).
+    pub acl_enabled: Option<bool>,
+    /// Access key of the bootstrap super user.
+    pub acl_admin_access_key: Option<String>,
+    /// Secret key of the bootstrap super user.
+    pub acl_admin_secret_key: Option<String>,
 }
 
 /// All three TLS keys or none; files read and parsed now, errors naming the key.
@@ -260,12 +273,18 @@ impl BrokerSettings {
             tls_cert: self.tls_cert.or(base.tls_cert),
             tls_key: self.tls_key.or(base.tls_key),
             tls_ca: self.tls_ca.or(base.tls_ca),
+            acl_enabled: self.acl_enabled.or(base.acl_enabled),
+            acl_admin_access_key: self.acl_admin_access_key.or(base.acl_admin_access_key),
+            acl_admin_secret_key: self.acl_admin_secret_key.or(base.acl_admin_secret_key),
         }
     }
 
     /// Validate and build the node configuration. The data directory is created and checked
     /// for writability here, so a bad one fails before anything else starts.
     pub fn into_node_config(self) -> Result<NodeConfig, ConfigError> {
+        // TLS is on iff all three keys are given (`load_tls` below rejects anything else).
+        let acl =
+            self.acl(self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_ca.is_some())?;
         let group = self
             .group
             .ok_or_else(|| invalid("group", "missing (flag --group, env RAFTMQ_GROUP)"))?;
@@ -403,6 +422,7 @@ impl BrokerSettings {
             self.tls_key.as_deref(),
             self.tls_ca.as_deref(),
         )?;
+        cfg.acl = acl;
         // Everything the node itself checks was checked above, key by key; this only guards
         // against a rule added there later.
         cfg.validate().map_err(|e| {
@@ -416,6 +436,45 @@ impl BrokerSettings {
         })?;
         check_writable(&cfg.data_dir)?;
         Ok(cfg)
+    }
+}
+
+impl BrokerSettings {
+    fn acl(&self, tls: bool) -> Result<crate::broker::auth::AclConfig, ConfigError> {
+        let admin = match (&self.acl_admin_access_key, &self.acl_admin_secret_key) {
+            (None, None) => None,
+            (Some(ak), Some(sk)) => {
+                crate::acl::state::validate_name(ak)
+                    .map_err(|e| invalid("acl_admin_access_key", e.to_string()))?;
+                crate::acl::state::validate_secret(sk)
+                    .map_err(|e| invalid("acl_admin_secret_key", e.to_string()))?;
+                Some(crate::acl::AdminCredentials {
+                    access_key: ak.clone(),
+                    secret_key: sk.clone(),
+                })
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "acl_admin_secret_key",
+                    "missing: the bootstrap user needs both keys",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "acl_admin_access_key",
+                    "missing: the bootstrap user needs both keys",
+                ));
+            }
+        };
+        let enabled = self.acl_enabled.unwrap_or(false);
+        if enabled && admin.is_none() && !tls {
+            return Err(invalid(
+                "acl_enabled",
+                "ACL on without TLS needs the bootstrap super user (acl_admin_access_key and \
+                 acl_admin_secret_key): nobody could create the first user",
+            ));
+        }
+        Ok(crate::broker::auth::AclConfig { enabled, admin })
     }
 }
 

@@ -193,6 +193,15 @@ struct BrokerArgs {
     /// PEM CA bundle of the cluster.
     #[arg(long, env = "RAFTMQ_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Authenticate and authorize every request (RocketMQ 5 ACL).
+    #[arg(long, env = "RAFTMQ_ACL_ENABLED")]
+    acl_enabled: bool,
+    /// Access key of the bootstrap super user.
+    #[arg(long, env = "RAFTMQ_ACL_ADMIN_ACCESS_KEY")]
+    acl_admin_access_key: Option<String>,
+    /// Secret key of the bootstrap super user (prefer the env var to the flag).
+    #[arg(long, env = "RAFTMQ_ACL_ADMIN_SECRET_KEY", hide_env_values = true)]
+    acl_admin_secret_key: Option<String>,
 }
 
 impl BrokerArgs {
@@ -220,6 +229,9 @@ impl BrokerArgs {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             tls_ca: self.tls_ca,
+            acl_enabled: self.acl_enabled.then_some(true),
+            acl_admin_access_key: self.acl_admin_access_key,
+            acl_admin_secret_key: self.acl_admin_secret_key,
         }
     }
 }

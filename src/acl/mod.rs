@@ -22,8 +22,8 @@ pub mod state;
 pub use policy::{Action, Decision, Entry, Pattern, Resource, ResourceType};
 pub use state::{AclCommand, AclState, User, UserKind};
 
-/// ACL failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// ACL failures. Serializable: a replica's answer to an ACL command carries one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum AclError {
     /// Missing, malformed or wrong credentials (RocketMQ `UNAUTHORIZED`).
     #[error("unauthorized: {0}")]
@@ -84,7 +84,10 @@ pub fn authenticate(
     })?;
     let auth = signature::parse(header)?;
     let date_time = date_time.ok_or_else(|| {
-        AclError::Unauthenticated(format!("the signed header {} is missing", signature::SIGNED_HEADER))
+        AclError::Unauthenticated(format!(
+            "the signed header {} is missing",
+            signature::SIGNED_HEADER
+        ))
     })?;
     let (secret, superuser) = match (admin, state.user(auth.access_key)) {
         (Some(a), _) if a.access_key == auth.access_key => (a.secret_key.as_str(), true),
@@ -186,7 +189,11 @@ mod tests {
         assert_eq!(p.name, "alice");
         assert!(!p.superuser);
         let boot = signature::sign("boot", "boot-secret", T);
-        assert!(authenticate(&s, Some(&admin), Some(&boot), Some(T)).unwrap().superuser);
+        assert!(
+            authenticate(&s, Some(&admin), Some(&boot), Some(T))
+                .unwrap()
+                .superuser
+        );
         let cases = [
             (None, Some(T)),
             (Some(signature::sign("alice", "wrong-secret", T)), Some(T)),
@@ -219,7 +226,10 @@ mod tests {
             (Resource::topic("orders"), Action::Sub),
             (Resource::group("g"), Action::Sub),
         ];
-        assert!(matches!(authorize(&s, &alice, &sub), Err(AclError::Forbidden(_))));
+        assert!(matches!(
+            authorize(&s, &alice, &sub),
+            Err(AclError::Forbidden(_))
+        ));
         assert!(authorize(&s, &root, &sub).is_ok());
         let any = [Action::Pub, Action::Sub];
         assert!(authorize_any(&s, &alice, &Resource::topic("orders"), &any).is_ok());

@@ -344,7 +344,16 @@ mod tests {
         for s in ["*", "Topic:*", "Topic:orders", "Group:g-*", "Cluster:*"] {
             assert_eq!(s.parse::<Pattern>().unwrap().to_string(), s);
         }
-        for bad in ["", "Topic:", "Queue:x", "Topic:a*b", "Topic:**", "Cluster:x", "orders", "Topic:é*é"] {
+        for bad in [
+            "",
+            "Topic:",
+            "Queue:x",
+            "Topic:a*b",
+            "Topic:**",
+            "Cluster:x",
+            "orders",
+            "Topic:é*é",
+        ] {
             assert!(bad.parse::<Pattern>().is_err(), "{bad}");
         }
     }
@@ -380,9 +389,21 @@ mod tests {
 
     #[test]
     fn entries_that_cannot_apply_are_rejected() {
-        assert!(entry("Group:g", &[Action::Pub], Decision::Allow).validate().is_err());
-        assert!(entry("Cluster:*", &[Action::Sub], Decision::Allow).validate().is_err());
+        assert!(
+            entry("Group:g", &[Action::Pub], Decision::Allow)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            entry("Cluster:*", &[Action::Sub], Decision::Allow)
+                .validate()
+                .is_err()
+        );
         assert!(entry("Topic:t", &[], Decision::Allow).validate().is_err());
-        assert!(entry("*", &[Action::Pub, Action::Get], Decision::Allow).validate().is_ok());
+        assert!(
+            entry("*", &[Action::Pub, Action::Get], Decision::Allow)
+                .validate()
+                .is_ok()
+        );
     }
 }

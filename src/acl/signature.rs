@@ -94,9 +94,47 @@ pub fn sign(access_key: &str, secret: &str, date_time: &str) -> String {
     format!("{ALGORITHM} Credential={access_key}, SignedHeaders={SIGNED_HEADER}, Signature={hex}")
 }
 
+/// The current UTC time as `x-mq-date-time` wants it: `20261207T193000Z`.
+pub fn date_time_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    date_time(secs)
+}
+
+/// `secs` since the epoch as `YYYYMMDDTHHMMSSZ` (proleptic Gregorian calendar, UTC).
+pub fn date_time(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_time_is_utc_in_the_clients_format() {
+        assert_eq!(date_time(0), "19700101T000000Z");
+        // 2026-12-07 19:30:00 UTC.
+        assert_eq!(date_time(1_796_671_800), "20261207T193000Z");
+        // A leap day.
+        assert_eq!(date_time(951_782_400), "20000229T000000Z");
+    }
 
     #[test]
     fn a_signed_header_round_trips_and_verifies() {

@@ -163,7 +163,9 @@ impl AclState {
 
     /// Every user's policy entries, by user name.
     pub fn policies(&self) -> impl Iterator<Item = (&str, &[Entry])> {
-        self.policies.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+        self.policies
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
     /// May the normal user `name` take `action` on `r`? (Super users are let through by
@@ -267,7 +269,9 @@ impl AclState {
             return Err(AclError::NotFound(format!("no user {name}")));
         }
         if entries.is_empty() {
-            return Err(AclError::Invalid("at least one resource is required".into()));
+            return Err(AclError::Invalid(
+                "at least one resource is required".into(),
+            ));
         }
         entries.iter().try_for_each(Entry::validate)
     }
@@ -296,9 +300,14 @@ mod tests {
     #[test]
     fn users_and_policies_follow_their_commands() {
         let mut s = AclState::default();
-        s.apply(AclCommand::CreateUser { user: user("alice") }).unwrap();
+        s.apply(AclCommand::CreateUser {
+            user: user("alice"),
+        })
+        .unwrap();
         assert!(matches!(
-            s.apply(AclCommand::CreateUser { user: user("alice") }),
+            s.apply(AclCommand::CreateUser {
+                user: user("alice")
+            }),
             Err(AclError::Conflict(_))
         ));
         assert!(matches!(

@@ -24,6 +24,12 @@ pub struct AdminArgs {
     /// TLS (`--tls-ca`, `--tls-cert`, `--tls-key`).
     #[command(flatten)]
     pub tls: crate::cli_tls::TlsArgs,
+    /// Access key to sign requests with (ACL on).
+    #[arg(long, env = "RAFTMQ_ACCESS_KEY", global = true)]
+    pub access_key: Option<String>,
+    /// Secret key of --access-key (prefer the env var to the flag).
+    #[arg(long, env = "RAFTMQ_SECRET_KEY", global = true, hide_env_values = true)]
+    pub secret_key: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub cmd: AdminCmd,
@@ -58,6 +64,97 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: MessageCmd,
     },
+    /// ACL users: create, update, delete, list (written to every broker group).
+    User {
+        /// The user command.
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// ACL policies: create, update, delete, list (written to every broker group).
+    Acl {
+        /// The policy command.
+        #[command(subcommand)]
+        cmd: AclCmd,
+    },
+}
+
+/// `raftmq admin user` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum UserCmd {
+    /// Add a user (access key = its name).
+    Create {
+        /// Name (the access key clients send).
+        #[arg(long)]
+        username: String,
+        /// Secret key (6-128 printable characters).
+        #[arg(long)]
+        password: String,
+        /// `Normal` (default) or `Super`.
+        #[arg(long, default_value = "Normal")]
+        user_type: String,
+    },
+    /// Change a user's secret key and/or type.
+    Update {
+        /// Name.
+        #[arg(long)]
+        username: String,
+        /// New secret key.
+        #[arg(long)]
+        password: Option<String>,
+        /// New type: `Normal` or `Super`.
+        #[arg(long)]
+        user_type: Option<String>,
+    },
+    /// Remove a user and its policy.
+    Delete {
+        /// Name.
+        #[arg(long)]
+        username: String,
+    },
+    /// Users and their types (never their secrets).
+    List,
+}
+
+/// `raftmq admin acl` commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AclCmd {
+    /// Add policy entries for a user (one per resource).
+    Create(AclSpec),
+    /// Replace a user's entries for these resources (adding missing ones).
+    Update(AclSpec),
+    /// Remove a user's entries for these resources, or all of them.
+    Delete {
+        /// `User:NAME` or `NAME`.
+        #[arg(long)]
+        subject: String,
+        /// Resource patterns (repeat or comma-separate); none = every entry.
+        #[arg(long = "resource", value_delimiter = ',')]
+        resources: Vec<String>,
+    },
+    /// Policies (of one subject, or all).
+    List {
+        /// Only this subject.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+/// Policy entries for `acl create|update`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AclSpec {
+    /// `User:NAME` or `NAME`.
+    #[arg(long)]
+    pub subject: String,
+    /// Resource patterns: `Topic:NAME`, `Topic:PREFIX*`, `Topic:*`, `Group:...`,
+    /// `Cluster:*`, `*` (repeat or comma-separate).
+    #[arg(long = "resource", value_delimiter = ',', required = true)]
+    pub resources: Vec<String>,
+    /// Actions: Pub, Sub, Create, Update, Delete, Get, List, All (repeat or comma-separate).
+    #[arg(long = "action", value_delimiter = ',', required = true)]
+    pub actions: Vec<String>,
+    /// `Allow` or `Deny`.
+    #[arg(long, default_value = "Allow")]
+    pub decision: String,
 }
 
 /// `raftmq admin message` commands.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::output::{GroupWrite, RouteGroup};
@@ -14,16 +15,50 @@ use crate::proto::raftmq::nameserver::nameserver_client::NameserverClient;
 
 // ---------------------------------------------------------------------------------------------
 
-pub(super) fn admin_client(
+/// Signs every admin request the way the RocketMQ clients sign theirs (ACL), when the
+/// command has credentials (`--access-key`, `--secret-key`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Signer {
+    pub(super) creds: Option<(String, String)>,
+}
+
+impl tonic::service::Interceptor for Signer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some((ak, sk)) = &self.creds {
+            let now = crate::acl::signature::date_time_now();
+            let auth = crate::acl::signature::sign(ak, sk, &now);
+            let md = req.metadata_mut();
+            for (k, v) in [
+                (crate::acl::signature::SIGNED_HEADER, now),
+                ("authorization", auth),
+            ] {
+                let v = v
+                    .parse()
+                    .map_err(|_| tonic::Status::invalid_argument("credentials are not ASCII"))?;
+                md.insert(k, v);
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// An Admin client whose requests are signed.
+pub(super) type Admin = AdminClient<InterceptedService<Channel, Signer>>;
+
+fn admin_client(
     addr: &str,
     timeout: Duration,
     tls: Option<&crate::tls::TlsSettings>,
-) -> Result<AdminClient<Channel>, AdminError> {
+    signer: &Signer,
+) -> Result<Admin, AdminError> {
     let ep = crate::tls::endpoint(addr, tls)
         .map_err(|e| AdminError::Usage(format!("bad address `{addr}`: {e}")))?
         .connect_timeout(Duration::from_secs(2).min(timeout))
         .timeout(timeout);
-    Ok(AdminClient::new(ep.connect_lazy()))
+    Ok(AdminClient::with_interceptor(
+        ep.connect_lazy(),
+        signer.clone(),
+    ))
 }
 
 pub(super) fn nameserver_client(
@@ -76,9 +111,15 @@ pub(super) struct Ctx {
     pub(super) args: AdminArgs,
     pub(super) deadline: Instant,
     pub(super) tls: Option<crate::tls::TlsSettings>,
+    pub(super) signer: Signer,
 }
 
 impl Ctx {
+    /// An Admin client for `addr` (per-call timeout, TLS and signature of this command).
+    pub(super) fn admin(&self, addr: &str) -> Result<Admin, AdminError> {
+        admin_client(addr, self.call_timeout(), self.tls.as_ref(), &self.signer)
+    }
+
     pub(super) fn remaining(&self) -> Duration {
         self.deadline
             .saturating_duration_since(Instant::now())
@@ -183,6 +224,7 @@ impl Ctx {
             addr,
             self.call_timeout().min(Duration::from_secs(2)),
             self.tls.as_ref(),
+            &self.signer,
         )?;
         c.status(apb::StatusRequest {})
             .await
@@ -216,7 +258,7 @@ impl Ctx {
         let mut out: BTreeMap<String, BTreeMap<String, RouteGroup>> = BTreeMap::new();
         if let Some(b) = &self.args.broker {
             let g = self.broker_group(b).await?;
-            let mut c = admin_client(b, self.call_timeout(), self.tls.as_ref())?;
+            let mut c = self.admin(b)?;
             let topics = c
                 .list_topics(apb::ListTopicsRequest {})
                 .await
@@ -280,14 +322,14 @@ impl Ctx {
     /// has no leader, until the deadline.
     pub(super) async fn write_group<F, Fut>(&self, g: &Group, f: F) -> GroupWrite
     where
-        F: Fn(AdminClient<Channel>) -> Fut,
+        F: Fn(Admin) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<apb::AdminReply>, tonic::Status>>,
     {
         let targets = g.targets();
         let mut last = String::from("no member address known");
         loop {
             for addr in &targets {
-                let c = match admin_client(addr, self.call_timeout(), self.tls.as_ref()) {
+                let c = match self.admin(addr) {
                     Ok(c) => c,
                     Err(e) => {
                         last = e.to_string();
@@ -308,12 +350,14 @@ impl Ctx {
                     }
                     Err(s) => {
                         last = rpc_err(addr, &s).to_string();
-                        // The group's own answer (bad request, no such topic): final.
+                        // The group's own answer (bad request, no such topic, refused
+                        // credentials): final.
                         if matches!(
                             s.code(),
                             tonic::Code::InvalidArgument
                                 | tonic::Code::NotFound
                                 | tonic::Code::PermissionDenied
+                                | tonic::Code::Unauthenticated
                                 | tonic::Code::AlreadyExists
                         ) {
                             return GroupWrite {

@@ -1,6 +1,6 @@
 //! `raftmq admin group`: consumer group create/update/delete, list and progress.
 
-use super::client::{Ctx, admin_client};
+use super::client::Ctx;
 use std::collections::BTreeMap;
 
 use super::output::{
@@ -101,8 +101,7 @@ pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, A
             for g in &groups {
                 let mut queues = None;
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
-                    else {
+                    let Ok(mut c) = ctx.admin(&addr) else {
                         continue;
                     };
                     let req = apb::GroupProgressRequest {
@@ -177,8 +176,7 @@ pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, A
             let mut by_name: BTreeMap<String, ConsumerGroupOut> = BTreeMap::new();
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
-                    else {
+                    let Ok(mut c) = ctx.admin(&addr) else {
                         continue;
                     };
                     let Ok(r) = c.list_groups(apb::ListGroupsRequest {}).await else {

@@ -1,6 +1,6 @@
 //! `raftmq admin message`: get and trace messages.
 
-use super::client::{Ctx, admin_client};
+use super::client::Ctx;
 use super::output::{
     DeliveryOut, GroupTraceOut, MessageOut, MessagesOut, StoredAt, TraceOut, render, table,
 };
@@ -30,8 +30,7 @@ pub(super) async fn message_cmd(
             let mut found_topic = false;
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
-                    else {
+                    let Ok(mut c) = ctx.admin(&addr) else {
                         continue;
                     };
                     match c.query_message(req.clone()).await {
@@ -105,8 +104,7 @@ pub(super) async fn message_cmd(
             };
             for g in &groups {
                 for addr in g.targets() {
-                    let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref())
-                    else {
+                    let Ok(mut c) = ctx.admin(&addr) else {
                         continue;
                     };
                     let Ok(r) = c.trace_message(req.clone()).await else {

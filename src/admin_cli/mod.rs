@@ -18,7 +18,20 @@
 //!   raft add-node --id ID --addr HOST:PORT [--voter] [--group G]
 //!   raft remove-node --id ID [--group G]
 //!   cluster
+//!   user create --username U --password P [--user-type Normal|Super]
+//!   user update --username U [--password P] [--user-type T]
+//!   user delete --username U
+//!   user list
+//!   acl create|update --subject User:U --resource Topic:T[,Group:G..] --action Pub[,Sub..] [--decision Allow|Deny]
+//!   acl delete --subject User:U [--resource R,..]
+//!   acl list [--subject User:U]
 //! ```
+//!
+//! With ACL on (broker `acl_enabled`), `--access-key` / `--secret-key` (env `RAFTMQ_ACCESS_KEY`,
+//! `RAFTMQ_SECRET_KEY`) sign every request as the RocketMQ clients do; `user` and `acl`
+//! commands need a super user (or, with TLS, a client certificate of the cluster CA). Users and
+//! policies live in each broker group's Raft log, so `user`/`acl` writes go to every group and
+//! listings show each group's.
 //!
 //! With `--nameservers` the groups come from every reachable nameserver (merged: per node the
 //! freshest report). `topic create`/`update` write the topic to **every** group (N queues per
@@ -58,10 +71,15 @@
 //!   "min_offset", "max_offset", "consumer_offset", "next_offset", "inflight", "lag"}]}]}`
 //!   (`consumer_offset` = everything below is acked; `lag` = `max_offset - consumer_offset`);
 //! * `raft ...`: `{"group", "action", "ok", "via", "raft_index", "error"}`.
+//! * `user create|update|delete`, `acl create|update|delete`: `{"name", "ok", "groups":
+//!   [{"group", "ok", "via", "raft_index", "error"}]}`; `user list`: `{"groups": [{"group",
+//!   "via", "error", "items": [{"name", "user_type"}]}]}`; `acl list`: the same with items
+//!   `{"subject", "resource", "actions", "decision"}`.
 //!
 //! Perm values are `rw`, `r`, `w`; message types `normal`, `fifo`, `delay`, `transaction`;
 //! roles `leader`, `follower`, `candidate`, `learner`, `shutdown`. Missing numbers are null.
 
+mod acl;
 mod args;
 mod client;
 mod cluster;
@@ -74,7 +92,8 @@ mod topic;
 use std::time::{Duration, Instant};
 
 pub use args::{
-    AdminArgs, AdminCmd, GroupCmd, GroupSpec, MessageCmd, RaftCmd, TopicCmd, TopicSpec,
+    AclCmd, AclSpec, AdminArgs, AdminCmd, GroupCmd, GroupSpec, MessageCmd, RaftCmd, TopicCmd,
+    TopicSpec, UserCmd,
 };
 use client::Ctx;
 use cluster::cluster;
@@ -138,7 +157,19 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
         .tls
         .load()
         .map_err(|e| AdminError::Usage(e.to_string()))?;
+    let signer = match (&args.access_key, &args.secret_key) {
+        (Some(ak), Some(sk)) => client::Signer {
+            creds: Some((ak.clone(), sk.clone())),
+        },
+        (None, None) => client::Signer::default(),
+        _ => {
+            return Err(AdminError::Usage(
+                "give both --access-key and --secret-key, or neither".into(),
+            ));
+        }
+    };
     let ctx = Ctx {
+        signer,
         tls,
         deadline: Instant::now() + Duration::from_millis(args.timeout_ms.max(100)),
         args,
@@ -199,5 +230,7 @@ pub async fn run(args: AdminArgs) -> Result<Output, AdminError> {
             })
         }
         AdminCmd::Message { cmd } => message_cmd(&ctx, cmd, json).await,
+        AdminCmd::User { cmd } => acl::user_cmd(&ctx, cmd).await,
+        AdminCmd::Acl { cmd } => acl::acl_cmd(&ctx, cmd).await,
     }
 }

@@ -1,6 +1,6 @@
 //! `raftmq admin topic`: status, create/update and delete of topics.
 
-use super::client::{Ctx, admin_client, rpc_err};
+use super::client::{Ctx, rpc_err};
 use super::output::{RouteGroup, TopicInGroup, TopicSummary, TopicWrite, table};
 use super::{AdminError, Output, TopicSpec};
 use crate::proto::raftmq::admin as apb;
@@ -10,7 +10,7 @@ pub(super) async fn topic_status(ctx: &Ctx, name: &str) -> Result<Output, AdminE
     let mut out = Vec::new();
     for g in &groups {
         for addr in g.targets() {
-            let Ok(mut c) = admin_client(&addr, ctx.call_timeout(), ctx.tls.as_ref()) else {
+            let Ok(mut c) = ctx.admin(&addr) else {
                 continue;
             };
             let Ok(topics) = c.list_topics(apb::ListTopicsRequest {}).await else {

@@ -1,11 +1,20 @@
 //! `raftmq.admin.Admin`: status, produce/read for tests and tools, topics, offsets,
-//! membership and leadership. Writes that reach a follower are forwarded to the leader.
+//! membership and leadership, users and policies. Writes that reach a follower are forwarded
+//! to the leader.
+//!
+//! With ACL on each RPC needs an action on a resource: topics and groups `Create`/`Update`/
+//! `Delete`/`Get` on `Topic:NAME`/`Group:NAME`; `produce` `Pub` and `read_queue` `Sub` on the
+//! topic; listings `List` on `Cluster`; status `Get` on `Cluster`; membership, leadership
+//! and retention `Update` on `Cluster`; users and policies super users only.
 
 use std::sync::{Arc, Weak};
 
 use tonic::{Request, Response, Status};
 
+use super::auth::as_caller;
+use super::error::BrokerError;
 use super::node::Node;
+use crate::acl::{AclError, Action, Principal, Resource};
 use crate::proto::raftmq::admin as pb;
 use crate::proto::raftmq::admin::admin_server::{Admin, AdminServer};
 
@@ -32,22 +41,81 @@ impl AdminService {
             .upgrade()
             .ok_or_else(|| Status::unavailable("node is shutting down"))
     }
+
+    /// The node, once the caller may take every `(resource, action)` of `needs` (ACL on);
+    /// `None` = super users only (users and policies). A caller with a certificate of the
+    /// cluster CA (an operator, or a member forwarding a write) is a super user here.
+    fn allowed<T>(
+        &self,
+        req: &Request<T>,
+        needs: Option<&[(Resource, Action)]>,
+    ) -> Result<Arc<Node>, Status> {
+        let node = self.node()?;
+        if !node.acl_enabled() {
+            return Ok(node);
+        }
+        let p = if req.peer_certs().is_some_and(|c| !c.is_empty()) {
+            Principal::cluster_member()
+        } else {
+            match node.principal(req.metadata()).map_err(BrokerError::from)? {
+                Some(p) => p,
+                None => return Ok(node),
+            }
+        };
+        match needs {
+            Some(n) => node.authorize_as(&p, n)?,
+            None if !p.superuser => {
+                return Err(BrokerError::Acl(AclError::Forbidden(format!(
+                    "user {} is not a super user: only super users manage users and policies",
+                    p.name
+                )))
+                .into());
+            }
+            None => {}
+        }
+        Ok(node)
+    }
+}
+
+fn cluster(a: Action) -> [(Resource, Action); 1] {
+    [(Resource::cluster(), a)]
+}
+
+fn topic(name: &str, a: Action) -> [(Resource, Action); 1] {
+    [(Resource::topic(name), a)]
+}
+
+fn group(name: &str, a: Action) -> [(Resource, Action); 1] {
+    [(Resource::group(name), a)]
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Ok(Response::new(self.node()?.status()))
+        let node = self.allowed(&req, Some(&cluster(Action::Get)))?;
+        Ok(Response::new(node.status()))
     }
 
     async fn produce(
         &self,
         req: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceReply>, Status> {
-        let node = self.node()?;
+        let mut topics: Vec<&str> = req
+            .get_ref()
+            .messages
+            .iter()
+            .map(|m| m.topic.as_str())
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let needs: Vec<_> = topics
+            .into_iter()
+            .map(|t| (Resource::topic(t), Action::Pub))
+            .collect();
+        let node = self.allowed(&req, Some(&needs))?;
         Ok(Response::new(node.produce(req.into_inner()).await?))
     }
 
@@ -55,7 +123,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ReadQueueRequest>,
     ) -> Result<Response<pb::ReadQueueReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&topic(&req.get_ref().topic, Action::Sub)))?;
         Ok(Response::new(node.read_queue(req.into_inner())?))
     }
 
@@ -63,23 +131,34 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TopicConfig>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.upsert_topic(req.into_inner()).await?))
+        let name = &req.get_ref().name;
+        let action = match self.node()?.sm.topic(name) {
+            Some(_) => Action::Update,
+            None => Action::Create,
+        };
+        let node = self.allowed(&req, Some(&topic(name, action)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.upsert_topic(body)).await?,
+        ))
     }
 
     async fn delete_topic(
         &self,
         req: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.delete_topic(req.into_inner()).await?))
+        let node = self.allowed(&req, Some(&topic(&req.get_ref().name, Action::Delete)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.delete_topic(body)).await?,
+        ))
     }
 
     async fn list_topics(
         &self,
-        _: Request<pb::ListTopicsRequest>,
+        req: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&cluster(Action::List)))?;
         Ok(Response::new(node.list_topics()))
     }
 
@@ -87,15 +166,18 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.commit_offset(req.into_inner()).await?))
+        let node = self.allowed(&req, Some(&group(&req.get_ref().group, Action::Update)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.commit_offset(body)).await?,
+        ))
     }
 
     async fn get_offset(
         &self,
         req: Request<pb::GetOffsetRequest>,
     ) -> Result<Response<pb::GetOffsetReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&group(&req.get_ref().group, Action::Get)))?;
         let r = req.into_inner();
         Ok(Response::new(pb::GetOffsetReply {
             offset: node.sm.offset(&r.group, &r.topic, r.queue_id),
@@ -106,17 +188,19 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.add_learner(req.into_inner()).await?))
+        let node = self.allowed(&req, Some(&cluster(Action::Update)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(as_caller(&md, node.add_learner(body)).await?))
     }
 
     async fn change_membership(
         &self,
         req: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&cluster(Action::Update)))?;
+        let (md, _, body) = req.into_parts();
         Ok(Response::new(
-            node.change_membership(req.into_inner()).await?,
+            as_caller(&md, node.change_membership(body)).await?,
         ))
     }
 
@@ -124,31 +208,45 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.transfer_leader(req.into_inner()).await?))
+        let node = self.allowed(&req, Some(&cluster(Action::Update)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.transfer_leader(body)).await?,
+        ))
     }
 
     async fn upsert_group(
         &self,
         req: Request<pb::GroupConfig>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.upsert_group(req.into_inner()).await?))
+        let name = &req.get_ref().name;
+        let action = match self.node()?.sm.group_exists(name) {
+            true => Action::Update,
+            false => Action::Create,
+        };
+        let node = self.allowed(&req, Some(&group(name, action)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.upsert_group(body)).await?,
+        ))
     }
 
     async fn delete_group(
         &self,
         req: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::AdminReply>, Status> {
-        let node = self.node()?;
-        Ok(Response::new(node.delete_group(req.into_inner()).await?))
+        let node = self.allowed(&req, Some(&group(&req.get_ref().name, Action::Delete)))?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(
+            as_caller(&md, node.delete_group(body)).await?,
+        ))
     }
 
     async fn list_groups(
         &self,
-        _: Request<pb::ListGroupsRequest>,
+        req: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&cluster(Action::List)))?;
         Ok(Response::new(pb::ListGroupsReply {
             groups: node
                 .sm
@@ -169,7 +267,12 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::GroupProgressRequest>,
     ) -> Result<Response<pb::GroupProgressReply>, Status> {
-        let node = self.node()?;
+        let r = req.get_ref();
+        let needs = [
+            (Resource::group(&r.group), Action::Get),
+            (Resource::topic(&r.topic), Action::Get),
+        ];
+        let node = self.allowed(&req, Some(&needs))?;
         let r = req.into_inner();
         let topic = node
             .sm
@@ -199,7 +302,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::QueryMessageRequest>,
     ) -> Result<Response<pb::QueryMessageReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&topic(&req.get_ref().topic, Action::Get)))?;
         Ok(Response::new(node.query_messages(&req.into_inner())?))
     }
 
@@ -207,15 +310,15 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::QueryMessageRequest>,
     ) -> Result<Response<pb::TraceMessageReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&topic(&req.get_ref().topic, Action::Get)))?;
         Ok(Response::new(node.trace_message(&req.into_inner())?))
     }
 
     async fn run_retention(
         &self,
-        _: Request<pb::RetentionRequest>,
+        req: Request<pb::RetentionRequest>,
     ) -> Result<Response<pb::RetentionReply>, Status> {
-        let node = self.node()?;
+        let node = self.allowed(&req, Some(&cluster(Action::Update)))?;
         let out = node.run_retention().await?;
         Ok(Response::new(pb::RetentionReply {
             segments_deleted: out.segments_deleted,
@@ -225,5 +328,29 @@ impl Admin for AdminService {
                 .first_index()
                 .map_err(crate::broker::BrokerError::from)?,
         }))
+    }
+
+    async fn change_acl(
+        &self,
+        req: Request<pb::AclChange>,
+    ) -> Result<Response<pb::AdminReply>, Status> {
+        let node = self.allowed(&req, None)?;
+        let (md, _, body) = req.into_parts();
+        Ok(Response::new(as_caller(&md, node.change_acl(body)).await?))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersReply>, Status> {
+        Ok(Response::new(self.allowed(&req, None)?.list_users()))
+    }
+
+    async fn list_acls(
+        &self,
+        req: Request<pb::ListAclsRequest>,
+    ) -> Result<Response<pb::ListAclsReply>, Status> {
+        let node = self.allowed(&req, None)?;
+        Ok(Response::new(node.list_acls(req.get_ref())))
     }
 }

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::acl::AclError;
 use crate::storage::StoreError;
 
 /// Everything a broker request can fail with.
@@ -45,6 +46,9 @@ pub enum BrokerError {
     /// Invalid configuration at start.
     #[error("invalid config: {0}")]
     Config(String),
+    /// Authentication, authorization, or bad user/policy input (ACL on).
+    #[error(transparent)]
+    Acl(#[from] crate::acl::AclError),
     /// Anything internal that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -63,6 +67,13 @@ impl From<BrokerError> for Status {
             BrokerError::Raft(_) => Code::Unavailable,
             BrokerError::Store(StoreError::Poisoned(_)) => Code::Unavailable,
             BrokerError::Store(_) | BrokerError::Internal(_) => Code::Internal,
+            BrokerError::Acl(a) => match a {
+                AclError::Unauthenticated(_) => Code::Unauthenticated,
+                AclError::Forbidden(_) => Code::PermissionDenied,
+                AclError::Invalid(_) => Code::InvalidArgument,
+                AclError::Conflict(_) => Code::AlreadyExists,
+                AclError::NotFound(_) => Code::NotFound,
+            },
         };
         Status::new(code, e.to_string())
     }

@@ -3,11 +3,15 @@
 //! * [`node`] starts a node: log store, state machine, openraft, one gRPC port.
 //! * [`ops`] implements the requests: writes go through Raft on the leader (a follower
 //!   forwards them), reads come from the applied state of the node asked.
-//! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`].
+//! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`]; [`acl_ops`] are its
+//!   user and policy commands.
+//! * [`auth`] checks requests against the replicated users and policies (ACL).
 //! * [`http`] is the optional HTTP port: health, readiness, Raft status, Prometheus metrics.
 //! * [`leave`] is the graceful stop (SIGTERM): leadership transfer, deregistration, drain.
 
+pub mod acl_ops;
 pub mod admin;
+pub mod auth;
 pub mod batcher;
 pub mod error;
 pub mod http;

@@ -73,6 +73,8 @@ pub struct NodeConfig {
     /// TLS on the gRPC port and mutual TLS on every channel to other members and to the
     /// nameservers; `None` = plaintext.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Access control (off by default).
+    pub acl: super::auth::AclConfig,
 }
 
 impl NodeConfig {
@@ -102,6 +104,7 @@ impl NodeConfig {
             transaction_max_checks: 15,
             nameservers: Vec::new(),
             tls: None,
+            acl: Default::default(),
             http_listen: None,
         }
     }

@@ -54,12 +54,13 @@ impl Forwarder {
 }
 
 /// The original request of an internal write, kept to forward it unchanged.
-enum Fwd {
+pub(crate) enum Fwd {
     Upsert(pb::TopicConfig),
     UpsertGroup(pb::GroupConfig),
     DeleteGroup(pb::DeleteGroupRequest),
     Delete(pb::DeleteTopicRequest),
     Offset(pb::CommitOffsetRequest),
+    Acl(pb::AclChange),
 }
 
 /// Where a write must go.
@@ -128,7 +129,20 @@ fn fwd_err(leader: NodeId, addr: &str, s: tonic::Status) -> BrokerError {
     match s.code() {
         // The leader's own answer (bad request, unknown topic ...) is passed through as is.
         tonic::Code::InvalidArgument => BrokerError::BadRequest(s.message().to_string()),
-        tonic::Code::NotFound => BrokerError::TopicNotFound(s.message().to_string()),
+        // ACL answers keep their kind (their messages carry the kind's prefix).
+        tonic::Code::NotFound => match s.message().strip_prefix("not found: ") {
+            Some(m) => BrokerError::Acl(crate::acl::AclError::NotFound(m.to_string())),
+            None => BrokerError::TopicNotFound(s.message().to_string()),
+        },
+        tonic::Code::AlreadyExists => BrokerError::Acl(crate::acl::AclError::Conflict(
+            s.message().trim_start_matches("exists: ").to_string(),
+        )),
+        tonic::Code::PermissionDenied => BrokerError::Acl(crate::acl::AclError::Forbidden(
+            s.message().trim_start_matches("forbidden: ").to_string(),
+        )),
+        tonic::Code::Unauthenticated => BrokerError::Acl(crate::acl::AclError::Unauthenticated(
+            s.message().trim_start_matches("unauthorized: ").to_string(),
+        )),
         _ => BrokerError::Forward {
             leader,
             addr: addr.to_string(),
@@ -667,7 +681,7 @@ impl Node {
             .map_err(|s| fwd_err(id, &addr, s))
     }
 
-    async fn internal(
+    pub(crate) async fn internal(
         &self,
         cmd: InternalCommand,
         fwd: Fwd,
@@ -689,24 +703,40 @@ impl Node {
         };
         match fwd {
             Fwd::Upsert(t) => {
-                self.forwarded(id, addr, |mut c| async move { c.upsert_topic(t).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.upsert_topic(super::auth::signed(t)).await
+                })
+                .await
             }
             Fwd::Delete(d) => {
-                self.forwarded(id, addr, |mut c| async move { c.delete_topic(d).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.delete_topic(super::auth::signed(d)).await
+                })
+                .await
             }
             Fwd::UpsertGroup(g) => {
-                self.forwarded(id, addr, |mut c| async move { c.upsert_group(g).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.upsert_group(super::auth::signed(g)).await
+                })
+                .await
             }
             Fwd::DeleteGroup(g) => {
-                self.forwarded(id, addr, |mut c| async move { c.delete_group(g).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.delete_group(super::auth::signed(g)).await
+                })
+                .await
             }
             Fwd::Offset(o) => {
-                self.forwarded(id, addr, |mut c| async move { c.commit_offset(o).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.commit_offset(super::auth::signed(o)).await
+                })
+                .await
+            }
+            Fwd::Acl(a) => {
+                self.forwarded(id, addr, |mut c| async move {
+                    c.change_acl(super::auth::signed(a)).await
+                })
+                .await
             }
         }
     }
@@ -834,8 +864,10 @@ impl Node {
     ) -> Result<pb::AdminReply, BrokerError> {
         match self.route()? {
             Route::Leader(id, addr) => {
-                self.forwarded(id, addr, |mut c| async move { c.add_learner(r).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.add_learner(super::auth::signed(r)).await
+                })
+                .await
             }
             Route::Local => {
                 let out = self
@@ -867,11 +899,9 @@ impl Node {
         }
         match self.route()? {
             Route::Leader(id, addr) => {
-                self.forwarded(
-                    id,
-                    addr,
-                    |mut c| async move { c.change_membership(r).await },
-                )
+                self.forwarded(id, addr, |mut c| async move {
+                    c.change_membership(super::auth::signed(r)).await
+                })
                 .await
             }
             Route::Local => {
@@ -896,8 +926,10 @@ impl Node {
     ) -> Result<pb::AdminReply, BrokerError> {
         match self.route()? {
             Route::Leader(id, addr) => {
-                self.forwarded(id, addr, |mut c| async move { c.transfer_leader(r).await })
-                    .await
+                self.forwarded(id, addr, |mut c| async move {
+                    c.transfer_leader(super::auth::signed(r)).await
+                })
+                .await
             }
             Route::Local => {
                 let m = self.raft.metrics().borrow_watched().clone();

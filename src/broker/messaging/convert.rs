@@ -8,6 +8,7 @@ use md5::{Digest as _, Md5};
 
 use super::BoxStream;
 use super::receive::Delivery;
+use crate::acl::AclError;
 use crate::broker::error::BrokerError;
 use crate::filter::Filter;
 use crate::proto::apache::rocketmq::v2;
@@ -30,6 +31,12 @@ pub fn error_status(e: &BrokerError) -> v2::Status {
         BrokerError::NoLeader(_) | BrokerError::Forward { .. } | BrokerError::Raft(_) => {
             v2::Code::HaNotAvailable
         }
+        BrokerError::Acl(a) => match a {
+            AclError::Unauthenticated(_) => v2::Code::Unauthorized,
+            AclError::Forbidden(_) => v2::Code::Forbidden,
+            AclError::Invalid(_) | AclError::Conflict(_) => v2::Code::BadRequest,
+            AclError::NotFound(_) => v2::Code::NotFound,
+        },
         _ => v2::Code::InternalServerError,
     };
     status(code, e.to_string())

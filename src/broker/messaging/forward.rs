@@ -125,7 +125,7 @@ impl MessagingSvc {
         }
     }
 
-    /// The client's `x-mq-*` headers plus the forwarded mark.
+    /// The client's `x-mq-*` and `authorization` headers plus the forwarded mark.
     pub(super) fn forward_metadata(
         md: &tonic::metadata::MetadataMap,
     ) -> tonic::metadata::MetadataMap {
@@ -137,6 +137,8 @@ impl MessagingSvc {
                 out.insert(k.clone(), v.clone());
             }
         }
+        // The leader checks the signature again (ACL): nothing marks a request as checked.
+        crate::broker::auth::copy_auth_headers(md, &mut out);
         out.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         out
     }

@@ -16,6 +16,9 @@
 //!   (`raft::consume`). A message that reached the group's max attempts is copied to
 //!   `%DLQ%<group>` and acked instead of being delivered again.
 //!
+//! * **ACL** (`acl_enabled`): every RPC is authenticated and authorized here, at its entry
+//!   point, before any work (see `broker::auth`); a refusal is `UNAUTHORIZED` or `FORBIDDEN`.
+//!
 //! Layout: this file holds the service and the RPC entry points; `forward` serves a request
 //! here or forwards it to the leader, `send` produces, `receive` consumes, `telemetry` keeps
 //! the clients' settings streams, and `convert` holds the protocol conversions.
@@ -37,8 +40,11 @@ use tonic::{Request, Response, Status};
 
 use self::convert::ok;
 use self::receive::PickLock;
+use super::auth::consume_needs;
+use super::error::BrokerError;
 use super::node::Node;
 use super::sessions::Sessions;
+use crate::acl::{Action, Resource};
 use crate::proto::apache::rocketmq::v2;
 use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::{
@@ -97,6 +103,61 @@ impl MessagingSvc {
     }
 }
 
+/// A response that carries only a refusal: the ACL check failed.
+trait Refused: Default {
+    fn refused(st: v2::Status) -> Self;
+}
+
+macro_rules! refused {
+    ($($t:ty),*) => {$(
+        impl Refused for $t {
+            fn refused(st: v2::Status) -> Self {
+                Self { status: Some(st), ..Default::default() }
+            }
+        }
+    )*};
+}
+
+refused!(
+    v2::QueryRouteResponse,
+    v2::HeartbeatResponse,
+    v2::NotifyClientTerminationResponse,
+    v2::SendMessageResponse,
+    v2::EndTransactionResponse,
+    v2::QueryAssignmentResponse,
+    v2::ForwardMessageToDeadLetterQueueResponse,
+    v2::AckMessageResponse,
+    v2::ChangeInvisibleDurationResponse
+);
+
+/// `Err(response)` when the ACL check `check` fails: the RocketMQ status (UNAUTHORIZED or
+/// FORBIDDEN) inside a gRPC-OK answer, as for every other refusal.
+fn guard<R: Refused>(check: Result<(), BrokerError>) -> Result<(), Response<R>> {
+    check.map_err(|e| {
+        tracing::info!("refused: {e}");
+        Response::new(R::refused(error_status(&e)))
+    })
+}
+
+/// The topics of a send, each once.
+fn send_topics(r: &v2::SendMessageRequest) -> Vec<(Resource, Action)> {
+    let mut topics: Vec<&str> = r
+        .messages
+        .iter()
+        .filter_map(|m| m.topic.as_ref().map(|t| t.name.as_str()))
+        .collect();
+    topics.sort_unstable();
+    topics.dedup();
+    topics
+        .into_iter()
+        .map(|t| (Resource::topic(t), Action::Pub))
+        .collect()
+}
+
+fn name(r: &Option<v2::Resource>) -> &str {
+    r.as_ref().map_or("", |r| r.name.as_str())
+}
+
 #[tonic::async_trait]
 impl MessagingService for MessagingSvc {
     async fn query_route(
@@ -104,6 +165,12 @@ impl MessagingService for MessagingSvc {
         req: Request<v2::QueryRouteRequest>,
     ) -> Result<Response<v2::QueryRouteResponse>, Status> {
         let node = self.node()?;
+        let topic = Resource::topic(name(&req.get_ref().topic));
+        if let Err(r) =
+            guard(node.authorize_any(req.metadata(), &topic, &[Action::Pub, Action::Sub]))
+        {
+            return Ok(r);
+        }
         let r = req.into_inner();
         let Some(topic_res) = r.topic else {
             return Ok(Response::new(v2::QueryRouteResponse {
@@ -131,6 +198,9 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::HeartbeatRequest>,
     ) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &[])) {
+            return Ok(r);
+        }
         self.sessions.touch(&Self::client_id(&req));
         Ok(Response::new(v2::HeartbeatResponse { status: Some(ok()) }))
     }
@@ -139,6 +209,9 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> Result<Response<v2::NotifyClientTerminationResponse>, Status> {
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &[])) {
+            return Ok(r);
+        }
         tracing::info!("client terminated");
         self.sessions.remove(&Self::client_id(&req));
         Ok(Response::new(v2::NotifyClientTerminationResponse {
@@ -157,6 +230,10 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::SendMessageRequest>,
     ) -> Result<Response<v2::SendMessageResponse>, Status> {
+        let needs = send_topics(req.get_ref());
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.send(req).await
     }
 
@@ -164,6 +241,19 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::ReceiveMessageRequest>,
     ) -> Result<Response<BoxStream<v2::ReceiveMessageResponse>>, Status> {
+        let r = req.get_ref();
+        let topic = r
+            .message_queue
+            .as_ref()
+            .map_or("", |q| name(&q.topic))
+            .to_string();
+        let needs = consume_needs(&topic, name(&r.group));
+        if let Err(e) = self.node()?.authorize(req.metadata(), &needs) {
+            tracing::info!("refused: {e}");
+            return Ok(Response::new(convert::one(convert::receive_status(
+                error_status(&e),
+            ))));
+        }
         self.receive(req).await
     }
 
@@ -171,6 +261,10 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::EndTransactionRequest>,
     ) -> Result<Response<v2::EndTransactionResponse>, Status> {
+        let needs = [(Resource::topic(name(&req.get_ref().topic)), Action::Pub)];
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.resolve_transaction(req).await
     }
 
@@ -178,6 +272,11 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::QueryAssignmentRequest>,
     ) -> Result<Response<v2::QueryAssignmentResponse>, Status> {
+        let r = req.get_ref();
+        let needs = consume_needs(name(&r.topic), name(&r.group));
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.assign(req).await
     }
 
@@ -185,6 +284,11 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<v2::ForwardMessageToDeadLetterQueueResponse>, Status> {
+        let r = req.get_ref();
+        let needs = consume_needs(name(&r.topic), name(&r.group));
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.to_dead_letter_queue(req).await
     }
 
@@ -192,6 +296,11 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::AckMessageRequest>,
     ) -> Result<Response<v2::AckMessageResponse>, Status> {
+        let r = req.get_ref();
+        let needs = consume_needs(name(&r.topic), name(&r.group));
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.ack(req).await
     }
 
@@ -199,6 +308,11 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<v2::ChangeInvisibleDurationResponse>, Status> {
+        let r = req.get_ref();
+        let needs = consume_needs(name(&r.topic), name(&r.group));
+        if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
+            return Ok(r);
+        }
         self.change_invisible(req).await
     }
 }

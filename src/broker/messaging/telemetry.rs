@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::{BoxStream, MessagingSvc};
+use super::{BoxStream, MessagingSvc, error_status};
+use crate::acl::{Action, Resource};
+use crate::broker::error::BrokerError;
 use crate::broker::node::Node;
 use crate::proto::apache::rocketmq::v2;
 use crate::protocol::settings::{self, settings_reply};
@@ -18,6 +20,11 @@ impl MessagingSvc {
         req: Request<tonic::Streaming<v2::TelemetryCommand>>,
     ) -> Result<Response<BoxStream<v2::TelemetryCommand>>, Status> {
         let client_id = Self::client_id(&req);
+        // ACL: the stream is authenticated once, when it opens; each Settings command is
+        // authorized for what it declares (a producer's topics: Pub; a consumer's group and
+        // topics: Sub). A refused Settings is answered with the refusal's status and not
+        // recorded, so no check-back or setting reaches that client through it.
+        let principal = self.node()?.principal(req.metadata());
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<v2::TelemetryCommand, Status>>(64);
         let node = self.node.clone();
@@ -40,6 +47,20 @@ impl MessagingSvc {
                             client_type = ?s.client_type.and_then(|t| v2::ClientType::try_from(t).ok()),
                             "client settings"
                         );
+                        let allowed = match &principal {
+                            Ok(None) => Ok(()),
+                            Ok(Some(p)) => n.authorize_as(p, &settings_needs(&s)),
+                            Err(e) => Err(BrokerError::Acl(e.clone())),
+                        };
+                        if let Err(e) = allowed {
+                            tracing::info!("refused settings: {e}");
+                            let mut reply = settings_reply(s);
+                            reply.status = Some(error_status(&e));
+                            if tx.send(Ok(reply)).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         sessions.set_settings(&client_id, &s, &tx);
                         let mut reply = settings_reply(s);
                         group_settings(&n, &mut reply);
@@ -65,6 +86,29 @@ impl MessagingSvc {
             },
         ));
         Ok(Response::new(out))
+    }
+}
+
+/// What a client's Settings declare it will do: Pub on a producer's topics, Sub on a
+/// consumer's group and topics.
+fn settings_needs(s: &v2::Settings) -> Vec<(Resource, Action)> {
+    let name = |r: &Option<v2::Resource>| r.as_ref().map_or(String::new(), |r| r.name.clone());
+    match &s.pub_sub {
+        Some(v2::settings::PubSub::Publishing(p)) => p
+            .topics
+            .iter()
+            .map(|t| (Resource::topic(&t.name), Action::Pub))
+            .collect(),
+        Some(v2::settings::PubSub::Subscription(sub)) => {
+            let mut needs = vec![(Resource::group(&name(&sub.group)), Action::Sub)];
+            needs.extend(
+                sub.subscriptions
+                    .iter()
+                    .map(|e| (Resource::topic(&name(&e.topic)), Action::Sub)),
+            );
+            needs
+        }
+        None => Vec::new(),
     }
 }
 

@@ -364,6 +364,11 @@ impl SmCore {
                 }
                 Bytes::from_static(b"ok")
             }
+            InternalCommand::Acl(cmd) => {
+                // The answer (a message or why nothing changed) as JSON for the proposer.
+                let answer = inner.state.acl.apply(cmd);
+                Bytes::from(serde_json::to_vec(&answer).unwrap_or_default())
+            }
             InternalCommand::CommitOffset {
                 group,
                 topic,

@@ -247,6 +247,8 @@ pub enum InternalCommand {
         /// Next offset to consume.
         offset: u64,
     },
+    /// Change users or access policies (ACL); applied by `AclState::apply`.
+    Acl(crate::acl::AclCommand),
 }
 
 /// [`Place::offset`] of a message that is stored but in no queue yet (a delay message before

@@ -135,6 +135,9 @@ pub struct AppliedState {
     pub dispatched: Option<(u64, u64)>,
     /// Base of the CommitLog segment holding the last applied entry.
     pub current_segment: Option<u64>,
+    /// Users and access policies (ACL); absent in checkpoints written before ACL existed.
+    #[serde(default)]
+    pub acl: crate::acl::AclState,
 }
 
 /// The applied state and the stores derived from it (ConsumeQueues, key index), under one

@@ -101,6 +101,15 @@ impl SmHandle {
         self.read()?.state.topics.get(name).cloned()
     }
 
+    /// Run `f` on the applied users and policies (ACL). A poisoned lock reads as no users
+    /// and no policies: access fails closed.
+    pub fn with_acl<R>(&self, f: impl FnOnce(&crate::acl::AclState) -> R) -> R {
+        match self.read() {
+            Some(g) => f(&g.state.acl),
+            None => f(&crate::acl::AclState::default()),
+        }
+    }
+
     /// All topics.
     pub fn topics(&self) -> Vec<TopicConfig> {
         self.read()
