@@ -29,7 +29,7 @@
 //! | `retention_bytes` | keep the CommitLog below this size (`100G`) | none |
 //! | `retention_interval_secs` | how often retention runs | `10` |
 //! | `nameservers` | nameservers to register with (list of `HOST:PORT`) | none |
-//! | `http_listen` | HTTP `IP:PORT` for health and metrics | off |
+//! | `http_listen` | HTTP `IP:PORT` for health and metrics (HTTPS with TLS) | off |
 //! | `max_delay` | longest delay a delay message may ask for (`500ms`, `30s`, `5m`, `24h`, `2d`) | `24h` |
 //! | `transaction_check_interval` | check back a transaction half message unresolved this long, then again every interval | `30s` |
 //! | `transaction_max_checks` | discard a half message after this many unanswered check-backs | `15` |
@@ -59,7 +59,9 @@
 //! the files are read and parsed at start. With them the gRPC port serves TLS (client
 //! certificates optional, verified against `tls_ca` when presented), the cluster-internal
 //! services (Raft, Admin, broker registration) demand a client certificate of the CA, and every
-//! channel to another member uses mutual TLS. The HTTP port (`http_listen`) stays plain HTTP.
+//! channel to another member uses mutual TLS. The broker's HTTP port (`http_listen`) serves
+//! HTTPS with `tls_cert`/`tls_key` and asks for no client certificate (probes and scrapers
+//! present none; it serves read-only status).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -174,7 +176,8 @@ pub struct BrokerSettings {
     /// Nameservers to register with, each `HOST:PORT` (an entry may hold a comma-separated
     /// list). Default: none.
     pub nameservers: Option<Vec<String>>,
-    /// `IP:PORT` for HTTP `/healthz`, `/readyz`, `/raftz`, `/metrics`. Default: off.
+    /// `IP:PORT` for HTTP `/healthz`, `/readyz`, `/raftz`, `/metrics` (HTTPS when TLS is on).
+    /// Default: off.
     pub http_listen: Option<String>,
     /// Longest delay a delay message may ask for, e.g. `24h` (default); later delivery
     /// times are refused with ILLEGAL_DELIVERY_TIME.
@@ -210,7 +213,9 @@ fn load_tls(
             TlsError::Read { key, .. }
             | TlsError::Parse { key, .. }
             | TlsError::Incomplete { key } => key,
-            TlsError::Address { .. } | TlsError::Generate { .. } => "tls_cert",
+            TlsError::Address { .. } | TlsError::Generate { .. } | TlsError::Identity { .. } => {
+                "tls_cert"
+            }
         };
         // The TLS error already names the key in backquotes; keep only its detail.
         let m = e.to_string();

@@ -197,9 +197,11 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
 
     println!("raftmq dev cluster is up (data in {})", data.display());
     println!("  nameserver      {ns}   (RocketMQ access point / namesrvAddr)");
+    // With TLS the HTTP ports serve HTTPS (same certificate).
+    let http = if certs.is_some() { "https" } else { "http" };
     for i in 1..=3u16 {
         println!(
-            "  broker node {i}   127.0.0.1:{}   http://127.0.0.1:{}/metrics",
+            "  broker node {i}   127.0.0.1:{}   {http}://127.0.0.1:{}/metrics",
             BROKER_BASE_PORT + i,
             HTTP_BASE_PORT + i
         );
@@ -211,7 +213,7 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
     if let Some(c) = &certs {
         println!("  TLS CA          {}", c.ca.display());
         println!("  TLS cert / key  {} {}", c.cert.display(), c.key.display());
-        println!("  (gRPC ports serve TLS; the HTTP ports stay plain HTTP)");
+        println!("  (every port serves TLS: the gRPC ports, and HTTPS on the HTTP ports)");
     }
     println!();
     println!("Try it:");
@@ -232,6 +234,14 @@ pub fn run(a: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!("  raftmq admin --nameservers {ns}{sp}{tls_cli} cluster");
+    match &certs {
+        Some(c) => println!(
+            "  curl --cacert {} https://127.0.0.1:{}/readyz",
+            c.ca.display(),
+            HTTP_BASE_PORT + 1
+        ),
+        None => println!("  curl http://127.0.0.1:{}/readyz", HTTP_BASE_PORT + 1),
+    }
     println!();
     println!("Ctrl-C stops everything.");
 

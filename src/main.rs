@@ -169,8 +169,8 @@ struct BrokerArgs {
     /// Nameservers to register with, `HOST:PORT,HOST:PORT`.
     #[arg(long, env = "RAFTMQ_NAMESERVERS", value_delimiter = ',')]
     nameservers: Option<Vec<String>>,
-    /// Serve HTTP on IP:PORT: /healthz, /readyz, /raftz (JSON), /metrics (Prometheus).
-    /// Off by default.
+    /// Serve HTTP on IP:PORT: /healthz, /readyz, /raftz (JSON), /metrics (Prometheus); HTTPS
+    /// with the --tls-* files. Off by default.
     #[arg(long, env = "RAFTMQ_HTTP_LISTEN")]
     http_listen: Option<String>,
     /// Longest delay a delay message may ask for (e.g. `24h`, the default).
@@ -183,8 +183,8 @@ struct BrokerArgs {
     /// Discard a half message after this many unanswered check-backs (default 15).
     #[arg(long, env = "RAFTMQ_TRANSACTION_MAX_CHECKS")]
     transaction_max_checks: Option<u32>,
-    /// PEM certificate chain of this node (with --tls-key and --tls-ca: TLS on the gRPC port
-    /// and mutual TLS to peers and nameservers).
+    /// PEM certificate chain of this node (with --tls-key and --tls-ca: TLS on the gRPC port,
+    /// HTTPS on the HTTP port, and mutual TLS to peers and nameservers).
     #[arg(long, env = "RAFTMQ_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.

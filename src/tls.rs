@@ -1,6 +1,7 @@
-//! TLS for the gRPC ports: the one shared type ([`TlsSettings`]), the one function that turns
-//! an address into a client [`Endpoint`] ([`endpoint`]), and the one check that a caller holds
-//! a certificate of the cluster CA ([`ClusterOnly`]).
+//! TLS for every port: the one shared type ([`TlsSettings`]), the one function that turns an
+//! address into a client [`Endpoint`] ([`endpoint`]), the one check that a caller holds a
+//! certificate of the cluster CA ([`ClusterOnly`]), and the HTTPS configuration of a broker's
+//! HTTP port ([`TlsSettings::https_server_config`]).
 //!
 //! Trust model: every member of the cluster (brokers, nameservers) holds a certificate signed by
 //! the cluster's CA (`tls_ca`). Servers accept connections without a client certificate, because
@@ -8,7 +9,13 @@
 //! the CA (rustls refuses the handshake otherwise). The cluster-internal services (Raft, Admin,
 //! the nameserver's broker registration) then demand a verified client certificate through
 //! [`ClusterOnly`]. Outbound channels between members use mutual TLS: the CA as the only trust
-//! root and the node's own certificate as its client identity.
+//! root and the node's own certificate as its client identity. The HTTP port (health,
+//! readiness, metrics) serves HTTPS with the same certificate and asks for no client
+//! certificate at all (Kubernetes probes and Prometheus present none).
+//!
+//! Crypto provider: ring everywhere. tonic (feature `tls-ring`) builds its rustls configs with
+//! the process default, which is ring as the only provider compiled in; the HTTPS config names
+//! ring explicitly, so it needs no process-wide provider installed.
 //!
 //! This module is a leaf: it knows PEM files and tonic, nothing of brokers or Raft.
 
@@ -54,6 +61,13 @@ pub enum TlsError {
     Generate {
         /// The directory.
         dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The certificate and key do not make a usable HTTPS server (see
+    /// [`TlsSettings::https_server_config`]).
+    #[error("`tls_cert` / `tls_key`: not a usable HTTPS server identity: {message}")]
+    Identity {
         /// Why.
         message: String,
     },
@@ -154,6 +168,12 @@ impl TlsSettings {
                             error_chain(&e)
                         ),
                     })?;
+                // The HTTP port's config too (the same files, another rustls config).
+                tls.https_server_config().map_err(|e| TlsError::Parse {
+                    key: "tls_key",
+                    path: key.to_path_buf(),
+                    message: e.to_string(),
+                })?;
                 Ok(Some(tls))
             }
             (None, _, _) => Err(TlsError::Incomplete { key: "tls_cert" }),
@@ -190,6 +210,30 @@ impl TlsSettings {
             .identity(Identity::from_pem(cert, key))
             .client_ca_root(Certificate::from_pem(&self.pem.ca))
             .client_auth_optional(true))
+    }
+
+    /// The HTTP port's server side (HTTPS): this node's identity, no client certificate asked
+    /// for (Kubernetes probes with `scheme: HTTPS` and Prometheus present none; the port serves
+    /// read-only status), HTTP/1.1 by ALPN, the ring crypto provider.
+    pub fn https_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let Some((cert, key)) = &self.pem.identity else {
+            return Err(TlsError::Incomplete { key: "tls_cert" });
+        };
+        let bad = |message: String| TlsError::Identity { message };
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(format!("key: {e}")))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(e.to_string()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
     }
 
     fn client_config(&self, domain: &str) -> ClientTlsConfig {

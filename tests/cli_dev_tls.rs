@@ -1,11 +1,14 @@
 //! `raftmq dev --tls`: the generated CA and certificate land in `<data-dir>/tls/`, every
-//! process serves TLS (the CLIs work with the printed files, and `admin` without a client
-//! certificate is refused), and a restart reuses the same files.
+//! process serves TLS (the CLIs work with the printed files, `admin` without a client
+//! certificate is refused, and the HTTP ports serve HTTPS, printed as `https://`), and a
+//! restart reuses the same files.
 //!
 //! Like `tests/cli_dev.rs` this uses the FIXED dev ports (nameserver 9876, nodes 8081-8083,
 //! HTTP 9081-9083), so it fails at once if one is taken; cargo runs test binaries one after
 //! another, so the two never overlap. The dev process runs in its own process group, which is
 //! killed on drop whatever happens.
+
+mod http_probe;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -208,6 +211,34 @@ fn dev_tls_generates_and_reuses_certificates() {
     // The CA alone is enough for clients, not for administration.
     let (ok, out) = raftmq(&["admin", "--nameservers", NS, "--tls-ca", ca_s, "cluster"]);
     assert!(!ok && out.contains("client certificate"), "{out}");
+
+    // The HTTP ports serve HTTPS (printed so), with the CA alone; plain HTTP gets no answer.
+    for i in 1..=3 {
+        let http = format!("127.0.0.1:{}", 9080 + i);
+        assert!(
+            banner.contains(&format!("https://{http}/metrics")),
+            "{banner}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = http_probe::https_get(&http, "/readyz", &ca);
+            if matches!(r, Ok((200, _))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "https://{http}/readyz not 200 within 30 s: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let raw = http_probe::plain_raw(&http, "/readyz").unwrap_or_default();
+        assert!(
+            !raw.starts_with(b"HTTP/"),
+            "plain HTTP on {http} answered: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    assert!(!banner.contains("http://"), "{banner}");
     dev.stop();
 
     // A restart keeps the files (clients configured with the CA keep working).

@@ -1,14 +1,18 @@
 //! TLS end to end: a nameserver and a 3-node group with TLS (real processes, certificates
 //! generated in the temp dir); the CLIs work with the CA, and the cluster refuses outsiders:
 //! no client certificate on Raft/Admin → UNAUTHENTICATED, a certificate of another CA → no
-//! handshake, plaintext → no answer.
+//! handshake, plaintext → no answer. And a broker's HTTP port with TLS: HTTPS for a client
+//! that trusts the CA and presents no certificate, nothing for plain HTTP or a client that
+//! does not trust the CA.
 
+mod http_probe;
 mod ns_harness;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ns_harness::{Env, wait_until};
+use http_probe::{https_get, plain_raw};
+use ns_harness::{Env, Proc, free_port, wait_until};
 use raftmq::proto::raftmq::admin::StatusRequest;
 use raftmq::proto::raftmq::admin::admin_client::AdminClient;
 use raftmq::proto::raftmq::raft_service_client::RaftServiceClient;
@@ -180,4 +184,98 @@ fn tls_cluster_serves_clients_and_refuses_outsiders() {
         );
     });
     // Every process is killed when `env` drops.
+}
+
+#[test]
+fn http_port_serves_https_with_the_cluster_certificate() {
+    let mut env = Env::new();
+    let certs =
+        dev_certs(&env.tmp.path().join("tls"), &["127.0.0.1", "localhost"]).expect("certificates");
+    let other =
+        dev_certs(&env.tmp.path().join("other"), &["127.0.0.1", "localhost"]).expect("other CA");
+    // One node, its own group: it elects itself, so /readyz turns 200.
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(env.tmp.path().join("https-1.log")).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args([
+            "broker",
+            "--group",
+            "h",
+            "--node-id",
+            "1",
+            "--listen",
+            &grpc,
+        ])
+        .args(["--peers", &format!("1={grpc}"), "--segment-size", "16M"])
+        .arg("--data-dir")
+        .arg(env.tmp.path().join("https-1"))
+        .args(["--http-listen", &http])
+        .arg("--tls-cert")
+        .arg(&certs.cert)
+        .arg("--tls-key")
+        .arg(&certs.key)
+        .arg("--tls-ca")
+        .arg(&certs.ca)
+        .env_remove("RAFTMQ_NAMESERVERS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn raftmq broker");
+    // Killed when `env` drops.
+    env.nodes.insert(
+        ("h".into(), 1),
+        Proc {
+            addr: grpc,
+            child: Some(child),
+        },
+    );
+
+    // HTTPS, trusting the CA, no client certificate (a probe, a Prometheus scrape).
+    let get = |path: &str| https_get(&http, path, &certs.ca);
+    let body = wait_until(
+        Duration::from_secs(30),
+        "https /healthz answers 200",
+        || {
+            get("/healthz")
+                .ok()
+                .and_then(|(c, b)| (c == 200).then_some(b))
+        },
+    );
+    assert_eq!(body.trim(), "ok");
+    wait_until(Duration::from_secs(30), "https /readyz answers 200", || {
+        get("/readyz")
+            .ok()
+            .and_then(|(c, _)| (c == 200).then_some(()))
+    });
+    let (code, body) = get("/metrics").expect("https /metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("raftmq_raft_term{group=\"h\"}"), "{body}");
+    let (code, body) = get("/raftz").expect("https /raftz");
+    assert_eq!(code, 200, "{body}");
+    let raftz: Value = serde_json::from_str(&body).expect("raftz JSON");
+    assert_eq!(raftz["role"], "leader", "{body}");
+
+    // Plain HTTP gets no HTTP answer at all (the bytes are not a TLS ClientHello).
+    let raw = plain_raw(&http, "/healthz").unwrap_or_default();
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP answered: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    // A client trusting another CA refuses the server's certificate.
+    let err = https_get(&http, "/healthz", &other.ca).expect_err("a foreign CA");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // A connection that never starts its handshake holds up no one; the port still serves
+    // after the failed handshakes above.
+    let idle = std::net::TcpStream::connect(&http).expect("idle connection");
+    let (code, _) = get("/healthz").expect("https /healthz beside an idle connection");
+    assert_eq!(code, 200);
+    drop(idle);
 }

@@ -1,6 +1,14 @@
 //! The HTTP port of a broker node (`--http-listen HOST:PORT`, off by default), separate from
 //! the gRPC port.
 //!
+//! With TLS configured (`tls_cert`, `tls_key`, `tls_ca`) the port serves HTTPS only, with the
+//! node's certificate; it asks for no client certificate (Kubernetes probes with
+//! `scheme: HTTPS` and Prometheus scrapers present none) and a plain-HTTP request gets no HTTP
+//! answer (the TLS handshake fails). Handshakes run concurrently (at most
+//! [`MAX_PENDING_HANDSHAKES`] at a time) and are given up after [`HANDSHAKE_TIMEOUT`], so a
+//! client that connects and says nothing holds up no one. Without TLS the port serves plain
+//! HTTP.
+//!
 //! | path       | answer |
 //! |------------|--------|
 //! | `/healthz` | 200 `ok` while the process serves; 503 once Raft stopped on a fatal error |
@@ -68,9 +76,16 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::type_config::async_runtime::watch::WatchReceiver;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::error::BrokerError;
 use super::node::Node;
@@ -149,35 +164,157 @@ fn describe() {
     );
 }
 
-/// Bind the HTTP port (at start-up, so a bad address fails the start).
-pub(crate) async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
-    tokio::net::TcpListener::bind(addr)
+/// How long a client of the HTTPS port has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections of the HTTPS port in their TLS handshake at one time; further connections wait
+/// in the kernel's accept queue.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// The bound HTTP port: plain, or HTTPS with this node's certificate.
+pub(crate) struct HttpListener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl HttpListener {
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Bind the HTTP port (at start-up, so a bad address fails the start); HTTPS iff `tls`.
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    tls: Option<&crate::tls::TlsSettings>,
+) -> Result<HttpListener, BrokerError> {
+    let tls = match tls {
+        Some(t) => Some(TlsAcceptor::from(
+            t.https_server_config()
+                .map_err(|e| BrokerError::Config(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let tcp = TcpListener::bind(addr)
         .await
-        .map_err(|e| BrokerError::Config(format!("http-listen {addr}: {e}")))
+        .map_err(|e| BrokerError::Config(format!("http-listen {addr}: {e}")))?;
+    Ok(HttpListener { tcp, tls })
+}
+
+type Handshake = BoxFuture<'static, (std::io::Result<TlsStream<TcpStream>>, SocketAddr)>;
+
+/// The HTTPS port as an [`axum::serve::Listener`]: accepts TCP connections and hands out those
+/// whose TLS handshake succeeded. Handshakes run concurrently inside `accept` (no task of its
+/// own: dropping the listener drops them all); failed and timed-out ones are logged at debug
+/// level and dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    // Cancel-safe (axum may drop it at shutdown): `TcpListener::accept` and
+    // `FuturesUnordered::next` are, and a started handshake stays in `self.handshakes`.
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let room = self.handshakes.len() < MAX_PENDING_HANDSHAKES;
+            tokio::select! {
+                r = self.tcp.accept(), if room => match r {
+                    Ok((stream, peer)) => {
+                        let acceptor = self.acceptor.clone();
+                        self.handshakes.push(Box::pin(async move {
+                            let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(std::io::Error::new(
+                                        std::io::ErrorKind::TimedOut,
+                                        "TLS handshake timed out",
+                                    ))
+                                });
+                            (r, peer)
+                        }));
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+                Some((r, peer)) = self.handshakes.next(), if !self.handshakes.is_empty() => {
+                    match r {
+                        Ok(stream) => return (stream, peer),
+                        Err(e) => tracing::debug!("https: TLS handshake with {peer} failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// What axum does for a failed `accept` of its own TCP listener: errors of one connection are
+/// ignored; others (e.g. too many open files) are logged, and accepting pauses for a second.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("https: accept failed: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Serve `app` on `listener` until `stop` turns true.
+async fn serve<L>(listener: L, app: Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!("http server stopped: {e}");
+    }
 }
 
 /// Serve the HTTP port until the node shuts down; also runs the recorder's upkeep.
-pub(crate) fn spawn(node: &Arc<Node>, listener: tokio::net::TcpListener) -> Vec<JoinHandle<()>> {
+pub(crate) fn spawn(node: &Arc<Node>, listener: HttpListener) -> Vec<JoinHandle<()>> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/raftz", get(raftz))
         .route("/metrics", get(metrics_text))
         .with_state(Arc::downgrade(node));
+    let scheme = if listener.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("http (healthz, readyz, raftz, metrics) on {addr}");
+        tracing::info!("{scheme} (healthz, readyz, raftz, metrics) on {addr}");
     }
-    let mut stop = node.shutdown_signal();
-    let server = tokio::spawn(async move {
-        let res = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = res {
-            tracing::error!("http server stopped: {e}");
-        }
-    });
+    let stop = node.shutdown_signal();
+    let server = match listener.tls {
+        None => tokio::spawn(serve(listener.tcp, app, stop)),
+        Some(acceptor) => tokio::spawn(serve(
+            TlsListener {
+                tcp: listener.tcp,
+                acceptor,
+                handshakes: FuturesUnordered::new(),
+            },
+            app,
+            stop,
+        )),
+    };
     let mut stop = node.shutdown_signal();
     let upkeep = tokio::spawn(async move {
         loop {

@@ -1,8 +1,8 @@
 //! One broker node: the CommitLog-backed log store, the dispatching state machine, openraft,
 //! and one gRPC port carrying the Raft transport and the admin service.
 //!
-//! With `http_listen` set, a second port serves HTTP: `/healthz`, `/readyz`, `/raftz` and
-//! Prometheus `/metrics` (see [`super::http`]).
+//! With `http_listen` set, a second port serves HTTP (HTTPS when TLS is configured):
+//! `/healthz`, `/readyz`, `/raftz` and Prometheus `/metrics` (see [`super::http`]).
 //!
 //! Start-up is idempotent: every node of a new group calls `initialize` with the same member
 //! list (which openraft turns into the same membership entry at index 0 on each), and a node
@@ -315,7 +315,7 @@ impl Node {
             .local_addr()
             .map_err(|e| BrokerError::Internal(e.to_string()))?;
         let http = match config.http_listen {
-            Some(addr) => Some(super::http::bind(addr).await?),
+            Some(addr) => Some(super::http::bind(addr, config.tls.as_ref()).await?),
             None => None,
         };
         let http_addr = match &http {

@@ -9,6 +9,10 @@
 // Prints one JSON summary line on stdout and exits 0 only if everything matched; any
 // mismatch, duplicate, error or the deadline makes it exit 1. Client logs go to stderr.
 // Run by tests/node_client.rs.
+//
+// SMOKE_TLS=1: both clients connect with TLS (`sslEnabled: true`: grpc-js
+// `ChannelCredentials.createSsl()` with the default roots); the server's CA then comes from
+// GRPC_DEFAULT_SSL_ROOTS_FILE_PATH or NODE_EXTRA_CA_CERTS. Run so by tests/python/test_tls.py.
 
 import { randomBytes } from 'node:crypto';
 import rmq from 'rocketmq-client-nodejs';
@@ -22,12 +26,14 @@ if (!endpoint || !topic) {
 }
 const COUNT = Number(countArg ?? 50);
 const DEADLINE_MS = Number(process.env.SMOKE_DEADLINE_MS ?? 120000);
+const SSL = process.env.SMOKE_TLS === '1';
 const STEP_TIMEOUT_MS = 30000;
 const started = Date.now();
 
 const summary = {
   endpoint,
   topic,
+  tls: SSL,
   sent: 0,
   received: 0,
   acked: 0,
@@ -97,7 +103,7 @@ function bodyFor(i) {
 }
 
 async function produce() {
-  const producer = new Producer({ endpoints: endpoint, namespace: '', topics: [ topic ], logger });
+  const producer = new Producer({ endpoints: endpoint, namespace: '', topics: [ topic ], sslEnabled: SSL, logger });
   await withTimeout(producer.startup(), STEP_TIMEOUT_MS, 'producer startup');
   const sent = new Map();
   const t0 = Date.now();
@@ -147,6 +153,7 @@ async function consume(sent) {
     namespace: '',
     subscriptions: new Map([ [ topic, '*' ] ]),
     awaitDuration: 3000,
+    sslEnabled: SSL,
     logger,
   });
   await withTimeout(consumer.startup(), STEP_TIMEOUT_MS, 'consumer startup');

@@ -1,20 +1,30 @@
-"""The unchanged official Python client over TLS: a nameserver and a 3-node group serving TLS
-(mutual TLS between them), certificates made with openssl in a temp dir. The client trusts the
-cluster CA through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (the SDK calls
-grpc.ssl_channel_credentials() without arguments) and uses tls_enable=True.
+"""The unchanged official Python and Node clients over TLS: a nameserver and a 3-node group
+serving TLS (mutual TLS between them), certificates made with openssl in a temp dir.
 
-grpc-core reads that variable once per process, when default roots are first needed, so the
-client part runs in a fresh interpreter: it works whichever tests ran before in this one."""
+Python: the client trusts the cluster CA through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (the SDK
+calls grpc.ssl_channel_credentials() without arguments) and uses tls_enable=True. grpc-core
+reads that variable once per process, when default roots are first needed, so the client part
+runs in a fresh interpreter: it works whichever tests ran before in this one.
+
+Node (rocketmq-client-nodejs 1.0.8, tests/node/smoke.mjs with SMOKE_TLS=1, i.e.
+`sslEnabled: true`, grpc-js ChannelCredentials.createSsl() with the default roots): the CA
+through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (grpc-js: replaces the default roots) or through
+NODE_EXTRA_CA_CERTS (Node: added to its built-in roots); both are checked, and that without
+either the client does not get through."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, wait_for
+
+NODE_DIR = os.path.join(os.path.dirname(__file__), "..", "node")
+CA_VARIABLES = ("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", "NODE_EXTRA_CA_CERTS")
 
 CLIENT = r"""
 import json, sys, time
@@ -104,3 +114,52 @@ def test_plaintext_client_is_refused(tls_cluster):
     with pytest.raises(grpc.FutureTimeoutError):
         grpc.channel_ready_future(ch).result(timeout=3)
     ch.close()
+
+
+def node_smoke(cluster, topic, count, deadline_ms, ca_env=None):
+    """`node tests/node/smoke.mjs` over TLS against the cluster; (exit code, summary, stderr).
+    `ca_env`: the variable that hands the client the CA (None: neither)."""
+    node = shutil.which("node")
+    assert node, "node is not installed (the Node client tests need it)"
+    assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", "rocketmq-client-nodejs")), \
+        "tests/node/node_modules is missing: run `npm ci` in tests/node (.ci/run does)"
+    env = {k: v for k, v in os.environ.items() if k not in CA_VARIABLES}
+    env.update(SMOKE_TLS="1", SMOKE_DEADLINE_MS=str(deadline_ms))
+    if ca_env:
+        env[ca_env] = cluster.ca
+    out = subprocess.run([node, os.path.join(NODE_DIR, "smoke.mjs"), cluster.nameserver, topic, str(count)],
+                         capture_output=True, timeout=deadline_ms / 1000 + 30, env=env, text=True)
+    summary = next((json.loads(line) for line in reversed(out.stdout.splitlines())
+                    if line.lstrip().startswith("{")), None)
+    return out.returncode, summary, out.stderr
+
+
+def create_routed_topic(cluster, topic):
+    cluster.create_topic(topic, queues=2)
+    # The nameserver routes the topic to every member before a client asks for it.
+    wait_for(lambda: len(cluster.admin("topic", "route", topic)["groups"][0]["members"]) == 3,
+             30, f"route of {topic}")
+
+
+@pytest.mark.parametrize("ca_env", CA_VARIABLES)
+def test_official_node_client_over_tls(tls_cluster, ca_env):
+    topic = f"NodeTls{CA_VARIABLES.index(ca_env)}"
+    create_routed_topic(tls_cluster, topic)
+    code, r, err = node_smoke(tls_cluster, topic, 20, 120000, ca_env)
+    assert code == 0 and r is not None, f"{r}\n{err[-3000:]}"
+    assert r["tls"] is True and r["ok"] is True, r
+    # Every sent message received once (checked against what was sent: body, tag, keys,
+    # property) and acked.
+    assert (r["sent"], r["received"], r["acked"]) == (20, 20, 20), r
+    assert r["duplicates"] == 0 and r["unknown"] == 0 and r["mismatches"] == [], r
+
+
+def test_node_client_without_the_ca_is_refused(tls_cluster):
+    """Control: the same client, not given the CA, cannot verify the servers and sends nothing."""
+    topic = "NodeTlsNoCa"
+    create_routed_topic(tls_cluster, topic)
+    code, r, err = node_smoke(tls_cluster, topic, 1, 20000)
+    assert code != 0, f"{r}\n{err[-3000:]}"
+    assert r is not None and r["sent"] == 0, r
+    # grpc-js: "unable to verify the first certificate".
+    assert "certificate" in err, err[-3000:]
