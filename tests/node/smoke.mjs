@@ -27,6 +27,12 @@ if (!endpoint || !topic) {
 const COUNT = Number(countArg ?? 50);
 const DEADLINE_MS = Number(process.env.SMOKE_DEADLINE_MS ?? 120000);
 const SSL = process.env.SMOKE_TLS === '1';
+// SMOKE_ACCESS_KEY / SMOKE_SECRET_KEY: sign requests (ACL) with these credentials
+// (`sessionCredentials`). The consumer group is SMOKE_GROUP (default node-smoke-<topic>).
+const CREDENTIALS = process.env.SMOKE_ACCESS_KEY
+  ? { accessKey: process.env.SMOKE_ACCESS_KEY, accessSecret: process.env.SMOKE_SECRET_KEY ?? '' }
+  : undefined;
+const GROUP = process.env.SMOKE_GROUP ?? `node-smoke-${topic}`;
 const STEP_TIMEOUT_MS = 30000;
 const started = Date.now();
 
@@ -103,7 +109,8 @@ function bodyFor(i) {
 }
 
 async function produce() {
-  const producer = new Producer({ endpoints: endpoint, namespace: '', topics: [ topic ], sslEnabled: SSL, logger });
+  const producer = new Producer({ endpoints: endpoint, namespace: '', topics: [ topic ], sslEnabled: SSL,
+    sessionCredentials: CREDENTIALS, logger });
   await withTimeout(producer.startup(), STEP_TIMEOUT_MS, 'producer startup');
   const sent = new Map();
   const t0 = Date.now();
@@ -148,12 +155,13 @@ function check(m, expected) {
 
 async function consume(sent) {
   const consumer = new SimpleConsumer({
-    consumerGroup: `node-smoke-${topic}`,
+    consumerGroup: GROUP,
     endpoints: endpoint,
     namespace: '',
     subscriptions: new Map([ [ topic, '*' ] ]),
     awaitDuration: 3000,
     sslEnabled: SSL,
+    sessionCredentials: CREDENTIALS,
     logger,
   });
   await withTimeout(consumer.startup(), STEP_TIMEOUT_MS, 'consumer startup');
