@@ -615,7 +615,38 @@ mod tests {
             ..Default::default()
         };
         assert!(base.clone().into_node_config().is_ok());
+        let acl = BrokerSettings {
+            acl_enabled: Some(true),
+            acl_admin_access_key: Some("root".into()),
+            acl_admin_secret_key: Some("root-secret".into()),
+            ..base.clone()
+        }
+        .into_node_config()
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(acl.acl.enabled && acl.acl.admin.is_some());
         let cases: Vec<(BrokerSettings, &str)> = vec![
+            (
+                BrokerSettings {
+                    acl_enabled: Some(true),
+                    ..base.clone()
+                },
+                "acl_enabled",
+            ),
+            (
+                BrokerSettings {
+                    acl_admin_access_key: Some("root".into()),
+                    ..base.clone()
+                },
+                "acl_admin_secret_key",
+            ),
+            (
+                BrokerSettings {
+                    acl_admin_access_key: Some("root".into()),
+                    acl_admin_secret_key: Some("short".into()),
+                    ..base.clone()
+                },
+                "acl_admin_secret_key",
+            ),
             (
                 BrokerSettings {
                     listen: Some("nope".into()),

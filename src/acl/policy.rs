@@ -292,11 +292,11 @@ impl Entry {
             )));
         }
         for a in &self.actions {
-            let ok = match (self.resource.kind(), a) {
-                (Some(ResourceType::Group), Action::Pub) => false,
-                (Some(ResourceType::Cluster), Action::Pub | Action::Sub) => false,
-                _ => true,
-            };
+            let ok = !matches!(
+                (self.resource.kind(), a),
+                (Some(ResourceType::Group), Action::Pub)
+                    | (Some(ResourceType::Cluster), Action::Pub | Action::Sub)
+            );
             if !ok {
                 return Err(AclError::Invalid(format!(
                     "{}: action {a} does not apply to this resource",

@@ -112,7 +112,9 @@ macro_rules! refused {
     ($($t:ty),*) => {$(
         impl Refused for $t {
             fn refused(st: v2::Status) -> Self {
-                Self { status: Some(st), ..Default::default() }
+                let mut r = Self::default();
+                r.status = Some(st);
+                r
             }
         }
     )*};
