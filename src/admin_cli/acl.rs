@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::client::Ctx;
-use super::group::group_write_output;
-use super::output::{ConsumerGroupWrite, table};
+use super::group::{group_write_output, write_table};
+use super::output::table;
 use super::{AclCmd, AclSpec, AdminError, Output, UserCmd};
 use crate::proto::raftmq::admin as apb;
 use apb::acl_change::Change;
@@ -32,28 +32,6 @@ struct AclOut {
     resource: String,
     actions: Vec<String>,
     decision: String,
-}
-
-fn write_table(what: &str) -> impl Fn(&ConsumerGroupWrite) -> String + '_ {
-    move |w: &ConsumerGroupWrite| {
-        let rows: Vec<Vec<String>> = w
-            .groups
-            .iter()
-            .map(|g| {
-                vec![
-                    g.group.clone(),
-                    if g.ok { "ok".into() } else { "FAILED".into() },
-                    g.via.clone().unwrap_or_default(),
-                    g.error.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        format!(
-            "{what} {}\n{}",
-            w.name,
-            table(&["GROUP", "RESULT", "VIA", "ERROR"], &rows)
-        )
-    }
 }
 
 /// Send one change to every group.

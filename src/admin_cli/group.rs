@@ -30,10 +30,9 @@ pub(super) fn group_write_output(
     })
 }
 
-pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> {
-    let json = ctx.args.json;
-    let groups = ctx.groups().await?;
-    let write_table = |w: &ConsumerGroupWrite| {
+/// The table of a write to every group: `<what> <name>`, then a row per group.
+pub(super) fn write_table(what: &str) -> impl Fn(&ConsumerGroupWrite) -> String + '_ {
+    move |w: &ConsumerGroupWrite| {
         let rows: Vec<Vec<String>> = w
             .groups
             .iter()
@@ -47,11 +46,17 @@ pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, A
             })
             .collect();
         format!(
-            "consumer group {}\n{}",
+            "{what} {}\n{}",
             w.name,
             table(&["GROUP", "RESULT", "VIA", "ERROR"], &rows)
         )
-    };
+    }
+}
+
+pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, AdminError> {
+    let json = ctx.args.json;
+    let groups = ctx.groups().await?;
+    let write_table = write_table("consumer group");
     match cmd {
         GroupCmd::Create(spec) | GroupCmd::Update(spec) => {
             let req = apb::GroupConfig {
