@@ -154,9 +154,9 @@ impl Node {
         &self,
         cmd: InternalCommand,
     ) -> Result<Result<CommandResponse, Route>, BrokerError> {
-        let bytes = serde_json::to_vec(&cmd).map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let (kind, bytes) = state_machine::codec::encode(&cmd).map_err(BrokerError::Internal)?;
         self.write_local(Command {
-            kind: state_machine::INTERNAL_JSON_KIND,
+            kind,
             data: Bytes::from(bytes),
         })
         .await

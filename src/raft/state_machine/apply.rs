@@ -14,9 +14,7 @@ use std::io;
 use bytes::Bytes;
 use openraft::EntryPayload;
 
-use super::commands::{
-    INTERNAL_JSON_KIND, InternalCommand, PENDING_OFFSET, Place, encode_batch_result,
-};
+use super::commands::{InternalCommand, PENDING_OFFSET, Place, encode_batch_result};
 use super::{SmCore, SmHandle, SmInner, io_err};
 use crate::raft::consume::HandleOutcome;
 use crate::raft::dedupe;
@@ -56,8 +54,8 @@ impl SmCore {
                 let places = self.apply_messages(inner, log_id)?;
                 encode_batch_result(&places)
             }
-            EntryPayload::Normal(cmd) if cmd.kind == INTERNAL_JSON_KIND => {
-                self.apply_internal(inner, &cmd.data)
+            EntryPayload::Normal(cmd) if super::codec::is_internal(cmd.kind) => {
+                self.apply_internal(inner, cmd.kind, &cmd.data)
             }
             EntryPayload::Normal(cmd) => {
                 // A kind from a newer version: skipped identically on every replica.
@@ -242,8 +240,8 @@ impl SmCore {
         })
     }
 
-    fn apply_internal(&self, inner: &mut SmInner, data: &[u8]) -> Bytes {
-        let cmd: InternalCommand = match serde_json::from_slice(data) {
+    fn apply_internal(&self, inner: &mut SmInner, kind: u8, data: &[u8]) -> Bytes {
+        let cmd: InternalCommand = match super::codec::decode(kind, data) {
             Ok(c) => c,
             // Deterministic on every replica: an undecodable command is skipped.
             Err(e) => return Bytes::from(format!("ignored: undecodable internal command: {e}")),

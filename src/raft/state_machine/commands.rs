@@ -16,6 +16,9 @@ use crate::storage::record::RecordKind;
 /// Record kind of JSON-encoded internal commands.
 pub const INTERNAL_JSON_KIND: u8 = RecordKind::FIRST_INTERNAL;
 
+/// Record kind of the binary-encoded consume commands (see `codec`).
+pub const INTERNAL_BIN_KIND: u8 = RecordKind::FIRST_INTERNAL + 1;
+
 /// Read/write permission of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

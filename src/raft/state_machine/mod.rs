@@ -9,8 +9,9 @@
 //!   dispatched again and the writer gets the original's place — so a retried send is visible
 //!   once. The window is part of the replicated state (compact encoding: see
 //!   [`super::dedupe`]).
-//! * **internal commands** (kind [`INTERNAL_JSON_KIND`], JSON-encoded [`InternalCommand`]):
-//!   topic create/update/delete and consumer-group offsets. Everything that must survive a
+//! * **internal commands** ([`InternalCommand`]: kind [`INTERNAL_BIN_KIND`] for the consume
+//!   path's deliveries and acks in a fixed binary layout, kind [`INTERNAL_JSON_KIND`] JSON for
+//!   the rest; see `codec`): topics, groups, deliveries, acks, offsets, transactions, ACL. Everything that must survive a
 //!   failover is a log entry; nothing is synchronised out of band.
 //! * **blank and membership entries** carry no messages and are skipped by dispatch.
 //!
@@ -95,6 +96,7 @@ use crate::storage::error::StoreError;
 
 mod apply;
 mod checkpoint;
+pub mod codec;
 mod commands;
 mod queries;
 mod snapshot;
@@ -105,8 +107,8 @@ use checkpoint::CheckpointFile;
 pub use super::dedupe::DEDUPE_WINDOW;
 pub use checkpoint::CHECKPOINT_INTERVAL;
 pub use commands::{
-    INTERNAL_JSON_KIND, InternalCommand, PENDING_OFFSET, Perm, Place, TopicConfig,
-    TopicMessageType, decode_batch_result, encode_batch_result,
+    INTERNAL_BIN_KIND, INTERNAL_JSON_KIND, InternalCommand, PENDING_OFFSET, Perm, Place,
+    TopicConfig, TopicMessageType, decode_batch_result, encode_batch_result,
 };
 pub use queries::{ConsumeEvent, ConsumerLag, FoundMessage};
 pub use snapshot::SnapshotBuilder;

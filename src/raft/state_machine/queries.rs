@@ -4,7 +4,7 @@
 //! history). Everything here reads what has been applied, so it never sees an uncommitted
 //! entry.
 
-use super::commands::{INTERNAL_JSON_KIND, InternalCommand, Place, TopicConfig};
+use super::commands::{InternalCommand, Place, TopicConfig};
 use super::{SmHandle, SmInner};
 use crate::raft::consume::{self, GroupConfig};
 use crate::raft::dedupe;
@@ -440,10 +440,10 @@ impl SmHandle {
             }
             scanned = i;
             let rec = log.read(i)?;
-            if rec.kind.0 != INTERNAL_JSON_KIND {
+            if !super::codec::is_internal(rec.kind.0) {
                 continue;
             }
-            let Ok(cmd) = serde_json::from_slice::<InternalCommand>(&rec.payload) else {
+            let Ok(cmd) = super::codec::decode(rec.kind.0, &rec.payload) else {
                 continue;
             };
             match cmd {
