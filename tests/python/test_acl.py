@@ -113,6 +113,7 @@ def acl_cluster():
         yield c
     finally:
         c.close()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_policies_are_replicated_to_every_node(acl_cluster):

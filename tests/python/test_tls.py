@@ -93,6 +93,7 @@ def tls_cluster():
         yield c
     finally:
         c.close()
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_official_client_over_tls(tls_cluster):
