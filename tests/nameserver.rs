@@ -515,3 +515,61 @@ async fn shutdown_ends_open_telemetry_streams() {
     assert!(end.is_none_or(|r| r.is_err()));
     drop(tx);
 }
+
+/// One client's concurrent sends through the proxy (relayed to the group in shared batches):
+/// each request gets its own answer, and a request the group refuses fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_through_the_proxy_each_get_their_answer() {
+    let mut env = Env::new();
+    let ns = env.start_nameserver(NODE_TIMEOUT_MS);
+    env.start_group("g1", 1);
+    let (l1, _) = wait_leader(&env, "g1", &[1]).await;
+    create_topic(&env.addr("g1", 1), "Orders", 4, "rw", "normal").await;
+    wait_route(&env, &ns, "Orders", "g1", l1, 1).await;
+
+    let c = MessagingServiceClient::new(channel(&ns));
+    let send = |i: usize| {
+        let mut c = c.clone();
+        async move {
+            // Request 150 has no message id: the broker refuses it.
+            let id = if i == 150 {
+                String::new()
+            } else {
+                format!("PROXYBATCH{i:06}")
+            };
+            let mut r = tonic::Request::new(api::SendMessageRequest {
+                messages: vec![api::Message {
+                    topic: Some(api::Resource {
+                        resource_namespace: String::new(),
+                        name: "Orders".into(),
+                    }),
+                    user_properties: Default::default(),
+                    system_properties: Some(api::SystemProperties {
+                        message_id: id.clone(),
+                        message_type: api::MessageType::Normal as i32,
+                        body_encoding: api::Encoding::Identity as i32,
+                        queue_id: (i % 4) as i32,
+                        ..Default::default()
+                    }),
+                    body: format!("body {i}").into_bytes().into(),
+                }],
+            });
+            r.metadata_mut()
+                .insert("x-mq-client-id", "batch-client".parse().expect("header"));
+            let resp = c.send_message(r).await.expect("grpc ok").into_inner();
+            (i, id, resp)
+        }
+    };
+    let answers = futures::future::join_all((0..300).map(send)).await;
+    for (i, id, r) in answers {
+        let code = r.status.as_ref().map(|s| s.code);
+        if i == 150 {
+            assert_eq!(code, Some(api::Code::IllegalMessageId as i32), "{r:?}");
+            continue;
+        }
+        assert_eq!(code, Some(api::Code::Ok as i32), "send {i}: {r:?}");
+        assert_eq!(r.entries.len(), 1, "send {i}: one entry per message: {r:?}");
+        assert_eq!(r.entries[0].message_id, id, "send {i}: its own entry");
+        assert!(r.entries[0].offset >= 0, "send {i}: {r:?}");
+    }
+}

@@ -50,6 +50,12 @@ pub enum Sender {
     /// raftmq, several messages per `SendMessageRequest` (raw generated client; the project
     /// client sends one message per request).
     RaftmqBatch(RawBatch),
+    /// raftmq through the official Apache RocketMQ Rust client (crate `rocketmq`,
+    /// apache/rocketmq-clients `rust/`): `Producer::send`, one message per request.
+    OfficialRust {
+        producer: Box<rocketmq::Producer>,
+        topic: String,
+    },
     /// NATS JetStream publish + PubAck (a batch is that many pipelined publishes).
     Nats {
         js: async_nats::jetstream::Context,
@@ -74,6 +80,17 @@ impl Sender {
                 Ok(())
             }
             Sender::RaftmqBatch(r) => r.send(bodies).await,
+            Sender::OfficialRust { producer, topic } => {
+                for b in bodies {
+                    let m = rocketmq::model::message::MessageBuilder::builder()
+                        .set_topic(topic.as_str())
+                        .set_body(b.to_vec())
+                        .build()
+                        .map_err(|e| anyhow!("message: {e}"))?;
+                    producer.send(m).await.map_err(|e| anyhow!("send: {e}"))?;
+                }
+                Ok(())
+            }
             Sender::Nats { js, subject } => {
                 let mut acks = Vec::with_capacity(bodies.len());
                 for b in bodies {
@@ -90,6 +107,26 @@ impl Sender {
             }
         }
     }
+}
+
+/// A started official Rust client producer whose access point is `access` (HOST:PORT: the
+/// nameserver, i.e. the proxy, or a broker), with the route of `topic` prefetched.
+pub async fn official_rust(access: &str, topic: &str) -> Result<Sender> {
+    let mut po = rocketmq::conf::ProducerOption::default();
+    po.set_topics(vec![topic]);
+    let mut co = rocketmq::conf::ClientOption::default();
+    co.set_access_url(access);
+    co.set_enable_tls(false);
+    let mut producer =
+        rocketmq::Producer::new(po, co).map_err(|e| anyhow!("official client: {e}"))?;
+    producer
+        .start()
+        .await
+        .map_err(|e| anyhow!("official client start: {e}"))?;
+    Ok(Sender::OfficialRust {
+        producer: Box::new(producer),
+        topic: topic.into(),
+    })
 }
 
 /// raftmq batches: `SendMessageRequest` with many messages, round robin over the route's

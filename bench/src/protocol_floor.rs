@@ -14,13 +14,17 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use raftmq::proto::apache::rocketmq::v2;
 use raftmq::proto::apache::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
 };
 use raftmq::protocol::route::{self, GroupRoute};
+use raftmq::protocol::settings;
 use raftmq::raft::state_machine::{Perm, TopicConfig, TopicMessageType};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = tonic::codegen::BoxStream<T>;
 
 use crate::cluster::{Proc, Procs, free_port};
 
@@ -47,6 +51,34 @@ impl MessagingService for Floor {
         };
         let g = GroupRoute::new("floor", &cfg, vec![self.addr.clone()]);
         Ok(Response::new(route::query_route_response(&topic, &[g])))
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<v2::HeartbeatRequest>,
+    ) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        Ok(Response::new(v2::HeartbeatResponse {
+            status: Some(route::status(v2::Code::Ok, "OK")),
+        }))
+    }
+
+    /// The official clients open a Telemetry stream before their first request and wait for
+    /// its response headers: answer every Settings command as a broker does, ignore the rest.
+    async fn telemetry(
+        &self,
+        req: Request<Streaming<v2::TelemetryCommand>>,
+    ) -> Result<Response<BoxStream<v2::TelemetryCommand>>, Status> {
+        let out = req.into_inner().filter_map(|c| async move {
+            match c {
+                Ok(v2::TelemetryCommand {
+                    command: Some(v2::telemetry_command::Command::Settings(s)),
+                    ..
+                }) => Some(Ok(settings::settings_reply(s))),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn send_message(

@@ -50,6 +50,18 @@ pub struct ClusterArgs {
     /// the protocol allows, to separate client cost from broker cost.
     #[arg(long)]
     pub raw_client: bool,
+    /// raftmq client at one message per request: `project` (`raftmq::client::Producer`) or
+    /// `official-rust` (the official Apache RocketMQ Rust client, crate `rocketmq` 5.0:
+    /// `Producer::send` with at most `--inflight` sends in flight; raftmq and the floor only,
+    /// NATS keeps async-nats).
+    #[arg(long, value_enum, default_value_t = ClientKind::Project)]
+    pub client: ClientKind,
+    /// `--client official-rust`: its access point. `nameserver`: the nameserver, which proxies
+    /// every RPC to the brokers (how official clients are deployed); `leader`: the group
+    /// leader's broker port (its routes name every member, one queue entry per member, and the
+    /// client sends round robin over the entries: followers forward to the leader).
+    #[arg(long, value_enum, default_value_t = Access::Nameserver)]
+    pub access: Access,
     /// raftmq flush modes to run, comma separated (`sync`, `async`).
     #[arg(long, value_delimiter = ',', default_value = "sync,async")]
     pub flush: Vec<String>,
@@ -116,6 +128,20 @@ pub struct ClusterArgs {
     /// broker work. Produce only.
     #[arg(long)]
     pub floor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientKind {
+    Project,
+    OfficialRust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Nameserver,
+    Leader,
 }
 
 /// Latency percentiles in microseconds.
@@ -213,6 +239,8 @@ pub struct Meta {
     pub producers: usize,
     pub batch: usize,
     pub raw_client: bool,
+    pub client: ClientKind,
+    pub access: Access,
     pub workloads: Vec<String>,
     pub e2e_load: f64,
     pub e2e_secs: f64,
@@ -309,6 +337,9 @@ pub fn run(a: ClusterArgs) -> Result<()> {
     }
     if !(a.e2e_load > 0.0 && a.e2e_load <= 1.0) {
         bail!("--e2e-load must be in (0, 1]");
+    }
+    if a.client == ClientKind::OfficialRust && (a.raw_client || a.batch > 1) {
+        bail!("--client official-rust sends one message per request: no --raw-client, --batch 1");
     }
     for w in &a.workloads {
         if !["produce", "consume", "e2e"].contains(&w.as_str()) {
@@ -422,6 +453,8 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         producers: a.producers,
         batch: a.batch,
         raw_client: a.raw_client,
+        client: a.client,
+        access: a.access,
         workloads: a.workloads.clone(),
         e2e_load: a.e2e_load,
         e2e_secs,
@@ -719,10 +752,25 @@ impl Target {
         }
     }
 
-    async fn senders(&self, name: &str, n: usize, batch: usize, raw: bool) -> Result<Vec<Sender>> {
+    async fn senders(&self, name: &str, a: &ClusterArgs) -> Result<Vec<Sender>> {
+        let (n, batch, raw) = (a.producers, a.batch, a.raw_client);
         let mut v = Vec::new();
         for _ in 0..n {
             v.push(match self {
+                Target::Raftmq { ns, exe } if a.client == ClientKind::OfficialRust => {
+                    let access = match a.access {
+                        Access::Nameserver => ns.clone(),
+                        Access::Leader => {
+                            let (exe, ns) = (exe.clone(), ns.clone());
+                            tokio::task::spawn_blocking(move || cluster::leader_addr(&exe, &ns))
+                                .await??
+                        }
+                    };
+                    load::official_rust(&access, name).await?
+                }
+                Target::Floor { addr } if a.client == ClientKind::OfficialRust => {
+                    load::official_rust(addr, name).await?
+                }
                 Target::Raftmq { ns, .. } | Target::Floor { addr: ns } if batch > 1 || raw => {
                     Sender::RaftmqBatch(load::RawBatch::new(ns, name).await?)
                 }
@@ -866,9 +914,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             let name = format!("benchp{inf}r{round}");
             target.fresh(&name, a.queues).await?;
             let n = if inf == 1 { c.messages_if1 } else { c.messages };
-            let senders = target
-                .senders(&name, a.producers, a.batch, a.raw_client)
-                .await?;
+            let senders = target.senders(&name, a).await?;
             let pb = bar(n, tag(&format!("produce if={inf}")));
             let meter = Meter::start(&pids, c.dev);
             let r = load::produce(
@@ -926,9 +972,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         let n = ((rate * c.e2e_secs) as u64).max(1);
         let name = format!("benche{round}");
         target.fresh(&name, a.queues).await?;
-        let senders = target
-            .senders(&name, a.producers, a.batch, a.raw_client)
-            .await?;
+        let senders = target.senders(&name, a).await?;
         let rx = target.receiver(&name, a).await?;
         let pb = bar(n, tag(&format!("e2e {:.0} msg/s", rate)));
         let meter = Meter::start(&pids, c.dev);
@@ -1192,9 +1236,17 @@ fn meta_markdown(m: &Meta) -> String {
         m.producers,
         m.batch,
         if m.raw_client || m.batch > 1 {
-            "bare generated gRPC client"
+            "bare generated gRPC client".to_string()
+        } else if m.client == ClientKind::OfficialRust {
+            format!(
+                "the official Apache RocketMQ Rust client (crate `rocketmq` 5.0, `Producer::send`), access point {}",
+                match m.access {
+                    Access::Nameserver => "the nameserver (proxy)",
+                    Access::Leader => "the group leader (routes name every member)",
+                }
+            )
         } else {
-            "the project client (`Producer::send`)"
+            "the project client (`Producer::send`)".to_string()
         }
     );
     if m.systems.iter().any(|s| s == FLOOR) {

@@ -15,7 +15,8 @@
 //!   (`<group>@<endpoint>`); one without (raftmq's own client, which routes to leaders
 //!   itself) gets the brokers' addresses.
 //! * **Which group**: sends go to a group holding the topic (by message group for FIFO
-//!   messages, round robin otherwise); receives to the group named in the queue's broker;
+//!   messages, round robin otherwise); a client's concurrent normal sends to one group are
+//!   relayed as one batch request ([`coalesce`]); receives to the group named in the queue's broker;
 //!   acks, invisibility changes, dead-lettering and transaction ends to the group named in
 //!   the receipt handle or transaction id, which the proxy prefixes with `<group>|` on the
 //!   way out and strips on the way in.
@@ -36,12 +37,13 @@ use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::registry::{GroupView, Registry};
+use super::registry::Registry;
 use crate::proto::apache::rocketmq::v2 as api;
 use crate::proto::apache::rocketmq::v2::messaging_service_client::MessagingServiceClient;
 use crate::proto::apache::rocketmq::v2::messaging_service_server::MessagingService;
 use crate::protocol::route::{GroupRoute, query_route_response, status};
 
+mod coalesce;
 mod telemetry;
 mod unary;
 
@@ -79,6 +81,8 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Mutual TLS to the brokers; `None` = plaintext.
     tls: Option<crate::tls::TlsSettings>,
+    /// Sends waiting to share a batch ([`coalesce`]).
+    coalescer: coalesce::Coalescer,
 }
 
 impl ProxyService {
@@ -101,6 +105,7 @@ impl ProxyService {
                 rr: AtomicU64::new(0),
                 shutdown,
                 tls,
+                coalescer: coalesce::Coalescer::default(),
             }),
         }
     }
@@ -176,14 +181,18 @@ impl Inner {
             .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
-    fn group(&self, name: &str) -> Option<GroupView> {
-        self.registry.groups().into_iter().find(|g| g.group == name)
+    fn has_group(&self, name: &str) -> bool {
+        self.registry
+            .routing_groups()
+            .iter()
+            .any(|g| g.group == name)
     }
 
     /// Members of `group` in the order to try them: the reported leader first, then the
     /// others; members that failed recently go last.
     fn candidates(&self, group: &str) -> Vec<String> {
-        let Some(g) = self.group(group) else {
+        let groups = self.registry.routing_groups();
+        let Some(g) = groups.iter().find(|g| g.group == group) else {
             return Vec::new();
         };
         let now = Instant::now();
@@ -217,8 +226,9 @@ impl Inner {
     /// Every live member of every group.
     fn all_members(&self) -> Vec<(String, String)> {
         self.registry
-            .groups()
-            .into_iter()
+            .routing_groups()
+            .iter()
+            .cloned()
             .flat_map(|g| {
                 let name = g.group.clone();
                 g.members.into_iter().map(move |a| (name.clone(), a))
@@ -250,7 +260,9 @@ impl MessagingService for ProxyService {
         // Right after a (re)start no broker has reported yet: wait for the first report
         // rather than calling every topic unknown.
         let deadline = tokio::time::Instant::now() + budget(&md, Duration::ZERO);
-        while self.inner.registry.groups().is_empty() && tokio::time::Instant::now() < deadline {
+        while self.inner.registry.routing_groups().is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(HA_PAUSE).await;
         }
         let mut groups = self.inner.topic_groups(&topic.name);
@@ -326,17 +338,21 @@ impl MessagingService for ProxyService {
             None => self.inner.rr.fetch_add(1, Ordering::Relaxed),
         };
         let group = groups[(pick % groups.len() as u64) as usize].clone();
-        let r = self
-            .inner
-            .unary(
-                &group,
-                &md,
-                body,
-                Duration::ZERO,
-                |mut c, r| async move { c.send_message(r).await },
-                |r: &api::SendMessageResponse| is_ha(r.status.as_ref()),
-            )
-            .await;
+        let r = match coalesce::key(&group, &md, &body) {
+            Some(key) => self.inner.coalesced_send(key, md, body).await,
+            None => {
+                self.inner
+                    .unary(
+                        &group,
+                        &md,
+                        body,
+                        Duration::ZERO,
+                        |mut c, r| async move { c.send_message(r).await },
+                        |r: &api::SendMessageResponse| is_ha(r.status.as_ref()),
+                    )
+                    .await
+            }
+        };
         match r {
             Ok(mut resp) => {
                 for e in &mut resp.entries {
@@ -441,7 +457,7 @@ impl MessagingService for ProxyService {
             .as_ref()
             .map(|b| group_of_broker(&b.name).to_string())
             .unwrap_or_default();
-        let group = if self.inner.group(&named).is_some() {
+        let group = if self.inner.has_group(&named) {
             named
         } else {
             match self.inner.topic_groups(&topic).first() {

@@ -15,7 +15,7 @@
 //! * **members** = the live members' addresses, leader first, then by node id.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::NameserverError;
@@ -86,6 +86,10 @@ impl GroupView {
 pub struct Registry {
     node_timeout: Duration,
     nodes: Mutex<BTreeMap<(String, u64), Entry>>,
+    /// [`Registry::groups`] as last computed for [`Registry::routing_groups`], and the last
+    /// instant it still holds: the next report replaces it, and no node can expire before
+    /// then.
+    cache: Mutex<Option<(Instant, Arc<Vec<GroupView>>)>>,
 }
 
 impl Registry {
@@ -94,6 +98,7 @@ impl Registry {
         Registry {
             node_timeout,
             nodes: Mutex::new(BTreeMap::new()),
+            cache: Mutex::new(None),
         }
     }
 
@@ -112,32 +117,60 @@ impl Registry {
             (report.group.clone(), report.node_id),
             Entry { report, at: now },
         );
+        // Not while holding `nodes`: `routing_groups` takes `cache`, then `nodes`.
+        drop(g);
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 
     /// Every group with a live member, by name.
     pub fn groups(&self) -> Vec<GroupView> {
+        self.compute(Instant::now()).0
+    }
+
+    /// [`Registry::groups`] for routing a request: the same groups, leaders, members and
+    /// topics, computed once per report rather than once per call (the proxy asks for every
+    /// relayed request). Only the report ages in [`GroupView::nodes`] may be stale: they are
+    /// as of the computation.
+    pub fn routing_groups(&self) -> Arc<Vec<GroupView>> {
         let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((until, groups)) = cache.as_ref()
+            && now <= *until
+        {
+            return Arc::clone(groups);
+        }
+        let (groups, until) = self.compute(now);
+        let groups = Arc::new(groups);
+        *cache = Some((until, Arc::clone(&groups)));
+        groups
+    }
+
+    /// The groups as of `now`, and the last instant at which no node of them has expired.
+    fn compute(&self, now: Instant) -> (Vec<GroupView>, Instant) {
         let mut by_group: BTreeMap<String, Vec<(pb::NodeReport, Duration)>> = BTreeMap::new();
+        let mut until = now + self.node_timeout;
         {
             let mut g = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
             g.retain(|_, e| now.duration_since(e.at) <= self.node_timeout);
             for ((group, _), e) in g.iter() {
+                until = until.min(e.at + self.node_timeout);
                 by_group
                     .entry(group.clone())
                     .or_default()
                     .push((e.report.clone(), now.duration_since(e.at)));
             }
         }
-        by_group
+        let groups = by_group
             .into_iter()
             .map(|(group, nodes)| view(group, nodes))
-            .collect()
+            .collect();
+        (groups, until)
     }
 
     /// The groups holding `topic`, as routes (ordered by group name).
     pub fn group_routes(&self, topic: &str) -> Vec<GroupRoute> {
-        self.groups()
+        self.routing_groups()
             .iter()
             .filter_map(|g| g.route(topic))
             .collect()
@@ -310,6 +343,25 @@ mod tests {
         r.heartbeat(report(1, "leader", 1, Some(1))).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(r.groups().is_empty());
+        assert!(r.routing_groups().is_empty());
+    }
+
+    #[test]
+    fn routing_view_follows_reports_and_expiry() {
+        let r = Registry::new(Duration::from_millis(300));
+        r.heartbeat(report(1, "leader", 1, Some(1))).unwrap();
+        let a = r.routing_groups();
+        assert_eq!(a[0].members, vec!["127.0.0.1:9001".to_string()]);
+        // Unchanged registry: the same computation is handed out again.
+        assert!(Arc::ptr_eq(&a, &r.routing_groups()));
+        // A report is seen at once.
+        r.heartbeat(report(2, "follower", 1, Some(1))).unwrap();
+        let b = r.routing_groups();
+        assert_eq!(b[0].members.len(), 2);
+        assert_eq!(b[0].leader_id, Some(1));
+        // So is a node's expiry, without any new report.
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(r.routing_groups().is_empty());
     }
 
     #[test]

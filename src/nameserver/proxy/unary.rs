@@ -30,7 +30,34 @@ impl Inner {
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + budget(md, reserved);
-        let relay = relay_metadata(md);
+        self.unary_until(
+            group,
+            &relay_metadata(md),
+            deadline,
+            body,
+            reserved,
+            call,
+            ha,
+        )
+        .await
+    }
+
+    /// [`Inner::unary`] with the relayed headers and the deadline already worked out.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn unary_until<Req, Resp, Fut>(
+        &self,
+        group: &str,
+        relay: &MetadataMap,
+        deadline: tokio::time::Instant,
+        body: Req,
+        reserved: Duration,
+        call: impl Fn(MessagingServiceClient<Channel>, Request<Req>) -> Fut,
+        ha: impl Fn(&Resp) -> bool,
+    ) -> Result<Resp, api::Status>
+    where
+        Req: Clone,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
         let mut last: Option<Resp> = None;
         let mut last_err = format!("no live member of broker group `{group}` is registered");
         loop {
