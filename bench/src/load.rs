@@ -51,7 +51,9 @@ pub enum Sender {
     /// client sends one message per request).
     RaftmqBatch(RawBatch),
     /// raftmq through the official Apache RocketMQ Rust client (crate `rocketmq`,
-    /// apache/rocketmq-clients `rust/`): `Producer::send`, one message per request.
+    /// apache/rocketmq-clients `rust/`): `Producer::send`, one message per request. Only with
+    /// the `official-rust` feature (its dependency tree is large and old: kept out of CI).
+    #[cfg(feature = "official-rust")]
     OfficialRust {
         producer: Box<rocketmq::Producer>,
         topic: String,
@@ -80,6 +82,7 @@ impl Sender {
                 Ok(())
             }
             Sender::RaftmqBatch(r) => r.send(bodies).await,
+            #[cfg(feature = "official-rust")]
             Sender::OfficialRust { producer, topic } => {
                 for b in bodies {
                     let m = rocketmq::model::message::MessageBuilder::builder()
@@ -111,6 +114,16 @@ impl Sender {
 
 /// A started official Rust client producer whose access point is `access` (HOST:PORT: the
 /// nameserver, i.e. the proxy, or a broker), with the route of `topic` prefetched.
+#[cfg(not(feature = "official-rust"))]
+pub async fn official_rust(_access: &str, _topic: &str) -> Result<Sender> {
+    Err(anyhow!(
+        "--client official-rust needs the bench built with `--features official-rust`"
+    ))
+}
+
+/// A started official Rust client producer whose access point is `access` (HOST:PORT: the
+/// nameserver, i.e. the proxy, or a broker), with the route of `topic` prefetched.
+#[cfg(feature = "official-rust")]
 pub async fn official_rust(access: &str, topic: &str) -> Result<Sender> {
     let mut po = rocketmq::conf::ProducerOption::default();
     po.set_topics(vec![topic]);
