@@ -12,6 +12,7 @@ mod counters;
 mod load;
 mod protocol_floor;
 mod report;
+mod restart;
 mod suite;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ enum Cmd {
     /// A real cluster (nameserver + 3 brokers) under produce / consume / end-to-end load,
     /// optionally side by side with a 3-node NATS JetStream cluster (`--compare nats`).
     Cluster(suite::ClusterArgs),
+    /// Restart of a node holding a large CommitLog: time from the spawn to `/readyz` 200, per
+    /// kind of stop (follower SIGKILL / SIGTERM, leader SIGKILL), with the start-up phases.
+    Restart(restart::RestartArgs),
     /// The `cluster --floor` server (started by the benchmark itself).
     #[command(hide = true)]
     ProtocolFloorServer {
@@ -111,6 +115,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Commitlog(args) => commitlog(args),
         Cmd::Cluster(args) => suite::run(args),
+        Cmd::Restart(args) => restart::run(args),
         Cmd::ProtocolFloorServer { listen } => protocol_floor::serve(listen),
     }
 }

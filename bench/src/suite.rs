@@ -1520,7 +1520,7 @@ fn validate(runs: &[Measure], ceil: Option<&Ceilings>, own_cluster: bool) -> Vec
 }
 
 /// `YYYY-MM-DD` (UTC) of a unix time.
-fn utc_date(unix: u64) -> String {
+pub(crate) fn utc_date(unix: u64) -> String {
     // Howard Hinnant's civil_from_days.
     let z = (unix / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
