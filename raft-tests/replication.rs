@@ -17,11 +17,15 @@ const QUEUES: u32 = 4;
 async fn twenty_thousand_messages_identical_on_all_replicas() {
     let _g = common::serial().await;
     // Small segments so the log spans many segment files and the padding rule is exercised.
+    // A relaxed election timeout: this test checks replica identity through one leader, and
+    // a debug build writing flat out on 2 shared cores can miss a 150 ms election window
+    // (seen in CI: a re-election mid-run made a produce answer "no leader"). Leader changes
+    // under load are the failover and chaos tests' subject.
     let mut c = Cluster::start(
         3,
         Opts {
             segment_size: "256K",
-            extra: vec![],
+            extra: vec!["--election-timeout-ms".into(), "1000".into()],
         },
     );
     let (leader, _) = c.wait_leader(Duration::from_secs(20)).await;
