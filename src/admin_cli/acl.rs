@@ -48,17 +48,12 @@ async fn change_everywhere(
     let req = apb::AclChange {
         change: Some(change),
     };
-    let mut out = Vec::new();
-    for g in &groups {
-        let r = req.clone();
-        out.push(
-            ctx.write_group(g, |mut c| {
-                let r = r.clone();
-                async move { c.change_acl(r).await }
-            })
-            .await,
-        );
-    }
+    let out = ctx
+        .write_groups(&groups, |mut c| {
+            let r = req.clone();
+            async move { c.change_acl(r).await }
+        })
+        .await;
     group_write_output(ctx.args.json, name, out, write_table(what))
 }
 

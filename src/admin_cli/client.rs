@@ -318,6 +318,19 @@ impl Ctx {
             .collect())
     }
 
+    /// Send the same write to every group of `groups`, one after the other.
+    pub(super) async fn write_groups<F, Fut>(&self, groups: &[Group], f: F) -> Vec<GroupWrite>
+    where
+        F: Fn(Admin) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<apb::AdminReply>, tonic::Status>>,
+    {
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            out.push(self.write_group(g, &f).await);
+        }
+        out
+    }
+
     /// Send a write to a group: leader first, then the others, retrying while the group
     /// has no leader, until the deadline.
     pub(super) async fn write_group<F, Fut>(&self, g: &Group, f: F) -> GroupWrite

@@ -73,32 +73,22 @@ pub(super) async fn consumer_group(ctx: &Ctx, cmd: GroupCmd) -> Result<Output, A
                     None => Vec::new(),
                 },
             };
-            let mut out = Vec::new();
-            for g in &groups {
-                let r = req.clone();
-                out.push(
-                    ctx.write_group(g, |mut c| {
-                        let r = r.clone();
-                        async move { c.upsert_group(r).await }
-                    })
-                    .await,
-                );
-            }
+            let out = ctx
+                .write_groups(&groups, |mut c| {
+                    let r = req.clone();
+                    async move { c.upsert_group(r).await }
+                })
+                .await;
             group_write_output(json, spec.name, out, write_table)
         }
         GroupCmd::Delete { name } => {
             let req = apb::DeleteGroupRequest { name: name.clone() };
-            let mut out = Vec::new();
-            for g in &groups {
-                let r = req.clone();
-                out.push(
-                    ctx.write_group(g, |mut c| {
-                        let r = r.clone();
-                        async move { c.delete_group(r).await }
-                    })
-                    .await,
-                );
-            }
+            let out = ctx
+                .write_groups(&groups, |mut c| {
+                    let r = req.clone();
+                    async move { c.delete_group(r).await }
+                })
+                .await;
             group_write_output(json, name, out, write_table)
         }
         GroupCmd::Progress { name, topic } => {

@@ -103,18 +103,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceReply>, Status> {
-        let mut topics: Vec<&str> = req
-            .get_ref()
-            .messages
-            .iter()
-            .map(|m| m.topic.as_str())
-            .collect();
-        topics.sort_unstable();
-        topics.dedup();
-        let needs: Vec<_> = topics
-            .into_iter()
-            .map(|t| (Resource::topic(t), Action::Pub))
-            .collect();
+        let needs =
+            super::auth::publish_needs(req.get_ref().messages.iter().map(|m| m.topic.as_str()));
         let node = self.allowed(&req, Some(&needs))?;
         Ok(Response::new(node.produce(req.into_inner()).await?))
     }

@@ -92,6 +92,17 @@ impl Node {
     }
 }
 
+/// `Pub` on each distinct topic of a send.
+pub fn publish_needs<'a>(topics: impl Iterator<Item = &'a str>) -> Vec<(Resource, Action)> {
+    let mut topics: Vec<&str> = topics.collect();
+    topics.sort_unstable();
+    topics.dedup();
+    topics
+        .into_iter()
+        .map(|t| (Resource::topic(t), Action::Pub))
+        .collect()
+}
+
 /// Topic and group needs of a consumer RPC: `Sub` on both.
 pub fn consume_needs(topic: &str, group: &str) -> [(Resource, Action); 2] {
     [

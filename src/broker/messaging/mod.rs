@@ -143,17 +143,11 @@ fn guard<R: Refused>(check: Result<(), BrokerError>) -> Result<(), Response<R>> 
 
 /// The topics of a send, each once.
 fn send_topics(r: &v2::SendMessageRequest) -> Vec<(Resource, Action)> {
-    let mut topics: Vec<&str> = r
-        .messages
-        .iter()
-        .filter_map(|m| m.topic.as_ref().map(|t| t.name.as_str()))
-        .collect();
-    topics.sort_unstable();
-    topics.dedup();
-    topics
-        .into_iter()
-        .map(|t| (Resource::topic(t), Action::Pub))
-        .collect()
+    super::auth::publish_needs(
+        r.messages
+            .iter()
+            .filter_map(|m| m.topic.as_ref().map(|t| t.name.as_str())),
+    )
 }
 
 fn name(r: &Option<v2::Resource>) -> &str {
