@@ -28,6 +28,14 @@ use crate::raft::state_machine::{SmHandle, StateMachine};
 use crate::raft::{NodeId, TypeConfig};
 use crate::storage::{CommitLog, CommitLogConfig, FlushMode};
 
+/// How long a replication stream may go without a follower's answer while entries are
+/// outstanding before the leader abandons it and sends them again on a new stream.
+/// openraft's default (3/4 of the heartbeat, 37.5 ms) is shorter than a follower's fsync of a
+/// few MiB on an ordinary disk, and each expiry resends every unanswered entry. A follower
+/// that is really gone is noticed by HTTP/2 keepalive, and elections and leader leases use
+/// the heartbeat lane, so a longer wait here delays neither.
+const REPLICATION_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Settings of one broker node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -333,6 +341,7 @@ impl Node {
             config.node_id,
             GrpcNetworkConfig {
                 tls: config.tls.clone(),
+                stream_response_timeout: Some(REPLICATION_RESPONSE_TIMEOUT),
                 ..GrpcNetworkConfig::default()
             },
         );

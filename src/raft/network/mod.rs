@@ -33,8 +33,12 @@
 //!
 //! Unary RPCs are bounded by [`RPCOption::soft_ttl`] (and carry it as the gRPC deadline).
 //! `StreamAppend` uses `soft_ttl` to set up the stream and as a per-response timeout while
-//! requests are outstanding (overridable: [`GrpcNetworkConfig::stream_response_timeout`]); an
-//! idle stream does not time out (HTTP/2 keepalive detects dead connections). A snapshot
+//! requests are outstanding (overridable: [`GrpcNetworkConfig::stream_response_timeout`]),
+//! plus the outstanding bytes' transfer time at
+//! [`GrpcNetworkConfig::min_replication_bytes_per_sec`]; an idle stream does not time out
+//! (HTTP/2 keepalive detects dead connections). When openraft abandons a stream (drops its
+//! responses), the request stream it handed over is dropped with it, so a session's requests
+//! never outlive the session. A snapshot
 //! transfer uses `soft_ttl` per chunk and for the final install, where openraft derives the
 //! ttl from `Config::install_snapshot_timeout` (200 ms by default: raise it if installing a
 //! snapshot takes longer).
@@ -124,6 +128,10 @@ pub struct GrpcNetworkConfig {
     /// `Config::heartbeat_interval`; set it if follower appends (fsync included) can take
     /// longer than that, to avoid needlessly restarting replication streams.
     pub stream_response_timeout: Option<Duration>,
+    /// Added to that timeout: the time the unanswered requests take to transfer and store at
+    /// this many bytes per second (default 32 MiB/s), so a follower with a backlog of large
+    /// entries is given the time to answer instead of having every stream abandoned.
+    pub min_replication_bytes_per_sec: u64,
     /// Mutual TLS to the peers (`https://`, the cluster CA, this node's certificate as client
     /// identity); `None` = plaintext.
     pub tls: Option<crate::tls::TlsSettings>,
@@ -139,6 +147,7 @@ impl Default for GrpcNetworkConfig {
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
             stream_response_timeout: None,
+            min_replication_bytes_per_sec: 32 << 20,
             tls: None,
         }
     }
@@ -202,6 +211,7 @@ pub struct GrpcNetworkFactory {
     config: Arc<GrpcNetworkConfig>,
     channels: Arc<Mutex<HashMap<(NodeId, Lane), CachedChannel>>>,
     splits: Arc<AtomicU64>,
+    stream_timeouts: Arc<AtomicU64>,
 }
 
 impl GrpcNetworkFactory {
@@ -212,6 +222,7 @@ impl GrpcNetworkFactory {
             config: Arc::new(config),
             channels: Arc::new(Mutex::new(HashMap::new())),
             splits: Arc::new(AtomicU64::new(0)),
+            stream_timeouts: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -219,6 +230,13 @@ impl GrpcNetworkFactory {
     /// [`GrpcNetworkConfig::max_append_bytes`] and had to be split.
     pub fn split_append_count(&self) -> u64 {
         self.splits.load(Ordering::Relaxed)
+    }
+
+    /// How many `StreamAppend` streams, over all clients of this factory, were abandoned
+    /// because a response took longer than the per-response timeout (see
+    /// [`GrpcNetworkConfig::stream_response_timeout`]).
+    pub fn stream_timeout_count(&self) -> u64 {
+        self.stream_timeouts.load(Ordering::Relaxed)
     }
 
     /// The transport settings.
@@ -243,6 +261,7 @@ impl GrpcNetworkFactory {
             lane,
             config: self.config.clone(),
             splits: self.splits.clone(),
+            stream_timeouts: self.stream_timeouts.clone(),
             data,
             control,
         }
@@ -306,6 +325,8 @@ pub struct GrpcNetwork {
     config: Arc<GrpcNetworkConfig>,
     /// Shared with the factory: see [`GrpcNetworkFactory::split_append_count`].
     splits: Arc<AtomicU64>,
+    /// Shared with the factory: see [`GrpcNetworkFactory::stream_timeout_count`].
+    stream_timeouts: Arc<AtomicU64>,
     /// The lane's own connection (`Err`: the address did not parse).
     data: Result<RaftServiceClient<Channel>, String>,
     /// The control connection used for votes and transfer-leader.

@@ -36,36 +36,56 @@ impl GrpcNetwork {
         let Some(first) = input.next().await else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        let input = futures::stream::iter([first]).chain(input);
+        // openraft's request stream is pumped by a task of its own, tied to the response
+        // stream returned below: when openraft drops that (a session ends: error, timeout,
+        // conflict), the task is aborted and the request stream dropped at once. Handed to the
+        // HTTP/2 transport directly, the request stream would live on as long as the peer keeps
+        // the old stream open (hyper keeps sending a request body whose response was dropped),
+        // and it would compete with the next session's request stream for the entries both
+        // read from openraft's shared replication state: entries sent on the abandoned stream
+        // are acknowledged to no one, and the group stops committing.
+        let (tx, rx) = tokio::sync::mpsc::channel::<AppendEntriesRequest<TypeConfig>>(1);
+        let pump = PumpGuard(tokio::spawn(async move {
+            let mut next = Some(first);
+            while let Some(req) = next {
+                if tx.send(req).await.is_err() {
+                    return;
+                }
+                next = input.next().await;
+            }
+        }));
         let mut client = self.data_client()?;
         let shared = Arc::new(StreamShared::default());
         let max_append_bytes = self.config.max_append_bytes;
         let splits = self.splits.clone();
 
         let outbound_shared = shared.clone();
-        let outbound = input
-            .scan((), move |_, req| {
-                let chunks = convert::append_request_to_pb(req)
-                    .map(|req| convert::split_append(req, max_append_bytes));
-                let item = match chunks {
-                    Ok(chunks) => {
-                        if chunks.len() > 1 {
-                            splits.fetch_add(1, Ordering::Relaxed);
-                        }
-                        outbound_shared.push_chunks(&chunks);
-                        Some(futures::stream::iter(chunks))
+        let outbound = futures::stream::unfold(rx, |mut rx| async move {
+            let req = rx.recv().await?;
+            Some((req, rx))
+        })
+        .scan((), move |_, req| {
+            let chunks = convert::append_request_to_pb(req)
+                .map(|req| convert::split_append(req, max_append_bytes));
+            let item = match chunks {
+                Ok(chunks) => {
+                    if chunks.len() > 1 {
+                        splits.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        *outbound_shared
-                            .local_error
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner) = Some(e);
-                        None
-                    }
-                };
-                futures::future::ready(item)
-            })
-            .flatten();
+                    outbound_shared.push_chunks(&chunks);
+                    Some(futures::stream::iter(chunks))
+                }
+                Err(e) => {
+                    *outbound_shared
+                        .local_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    None
+                }
+            };
+            futures::future::ready(item)
+        })
+        .flatten();
 
         let inbound = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
             Err(_elapsed) => {
@@ -79,9 +99,12 @@ impl GrpcNetwork {
 
         let response_ttl = self.config.stream_response_timeout.unwrap_or(ttl);
         let state = StreamState {
+            _pump: pump,
+            timeouts: self.stream_timeouts.clone(),
             inbound,
             shared,
             ttl: response_ttl,
+            min_throughput: self.config.min_replication_bytes_per_sec.max(1),
             timeout: self.timeout_error(RPCTypes::AppendEntries, response_ttl),
             target: self.target,
             node: self.node.clone(),
@@ -105,6 +128,8 @@ struct ChunkInfo {
     last: bool,
     /// The wire request's `prev_log_id`.
     prev: Option<LogId>,
+    /// The wire request's encoded size.
+    bytes: usize,
 }
 
 /// State shared by the outbound (request) and inbound (response) halves of a stream.
@@ -128,6 +153,7 @@ impl StreamShared {
                     first: i == 0,
                     last: i + 1 == n,
                     prev: chunk.prev_log_id.map(convert::log_id_from_pb),
+                    bytes: prost::Message::encoded_len(chunk),
                 });
             }
         }
@@ -135,11 +161,13 @@ impl StreamShared {
     }
 
     fn has_pending(&self) -> bool {
-        !self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        self.outstanding_bytes().is_some()
+    }
+
+    /// The encoded size of the unanswered requests; `None` if there are none.
+    fn outstanding_bytes(&self) -> Option<usize> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        (!pending.is_empty()).then(|| pending.iter().map(|c| c.bytes).sum())
     }
 
     fn pop_pending(&self) -> Option<ChunkInfo> {
@@ -157,11 +185,27 @@ impl StreamShared {
     }
 }
 
+/// Aborts the task pumping openraft's request stream when dropped.
+struct PumpGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for PumpGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The response half of a `StreamAppend` stream.
 struct StreamState {
+    /// Owns the request side: dropping the responses ends the requests.
+    _pump: PumpGuard,
+    /// Counts per-response timeouts (the factory's `stream_timeout_count`).
+    timeouts: Arc<std::sync::atomic::AtomicU64>,
     inbound: tonic::Streaming<pb::StreamAppendResponse>,
     shared: Arc<StreamShared>,
     ttl: Duration,
+    /// Bytes per second a peer is expected to take at least (see
+    /// [`super::GrpcNetworkConfig::min_replication_bytes_per_sec`]).
+    min_throughput: u64,
     timeout: Timeout<TypeConfig>,
     target: NodeId,
     node: BasicNode,
@@ -174,10 +218,16 @@ impl StreamState {
         &mut self,
     ) -> Option<(Result<StreamAppendResult<TypeConfig>, RpcError>, bool)> {
         loop {
-            let message = if self.shared.has_pending() {
-                match tokio::time::timeout(self.ttl, self.inbound.message()).await {
+            let message = if let Some(bytes) = self.shared.outstanding_bytes() {
+                // The wait allows for moving and storing what is outstanding: a fixed timeout
+                // shorter than that would end every session of a follower with a backlog
+                // before it could answer, and it would never catch up.
+                let allowance =
+                    self.ttl + Duration::from_secs_f64(bytes as f64 / self.min_throughput as f64);
+                match tokio::time::timeout(allowance, self.inbound.message()).await {
                     Ok(message) => message,
                     Err(_elapsed) => {
+                        self.timeouts.fetch_add(1, Ordering::Relaxed);
                         return Some((Err(RPCError::Timeout(self.timeout.clone())), false));
                     }
                 }

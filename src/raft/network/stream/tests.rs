@@ -313,3 +313,60 @@ async fn stream_times_out_only_while_requests_are_outstanding() {
         "the stream ends after an error"
     );
 }
+
+/// A request stream that reports when it is dropped.
+struct DropSignal<S> {
+    inner: S,
+    dropped: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<S: Stream + Unpin> Stream for DropSignal<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl<S> Drop for DropSignal<S> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.dropped.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// openraft ends a replication session by dropping the response stream, then starts the
+/// next session, whose request stream reads the same shared replication state. The old
+/// request stream must be dropped with it: left inside the HTTP/2 transport (which keeps
+/// sending a request body after its response was dropped, as long as the peer keeps reading)
+/// it competes with the new session for entries and sends some of them where no one reads
+/// the answers, and the group stops committing.
+#[tokio::test]
+async fn dropping_the_responses_drops_the_request_stream() {
+    let peer = scripted_peer(flushed).await;
+    let factory = GrpcNetworkFactory::new(1, GrpcNetworkConfig::default());
+    let mut net = factory.network(2, &peer.node, Lane::Replication);
+    let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel();
+    let input = DropSignal {
+        inner: futures::stream::iter(vec![append_request(None, vec![])])
+            .chain(futures::stream::pending()),
+        dropped: Some(dropped_tx),
+    };
+    let mut stream = RaftNetworkV2::stream_append(&mut net, input, option(4_000))
+        .await
+        .expect("stream opened");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an answer")
+        .expect("an item");
+    assert!(matches!(first, Ok(Ok(None))), "{first:?}");
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), dropped_rx)
+        .await
+        .expect("the request stream is dropped with the responses")
+        .expect("drop signal");
+}
