@@ -6,9 +6,8 @@
 //! 2. **Fill**: one topic; `--inflight` concurrent admin `Produce` requests of `--batch`
 //!    messages of `--body-kib` KiB each go to the leader (the admin RPC takes bodies of up to
 //!    64 MiB, the RocketMQ `SendMessage` path 4 MiB; a request over 4 MiB is one Raft entry of
-//!    its own) until every node holds `--gib` of CommitLog, with the brokers on `--flush async
-//!    --heartbeat-ms 500` (with the defaults, replication of such entries stalled: see
-//!    bench/README.md); then every node is restarted with the broker defaults, which all
+//!    its own) until every node holds `--gib` of CommitLog, with the brokers on `--flush async`
+//!    (`--fill-flush`); then every node is restarted with the broker defaults, which all
 //!    measurements use.
 //! 3. **Restarts**, `--rounds` of each kind: `follower-kill` (SIGKILL), `follower-term`
 //!    (SIGTERM: graceful leave, final checkpoint), `leader-kill` (SIGKILL of the leader; the
@@ -119,9 +118,9 @@ pub struct RestartArgs {
     #[arg(long, default_value = "async", value_parser = ["sync", "async"])]
     pub fill_flush: String,
     /// `--heartbeat-ms` of the brokers while filling (election timeout 3×; 0 = the broker
-    /// default, 50). With the default, replication of multi-MiB entries stalled on this
-    /// machine (see "Replication stall" in bench/README.md).
-    #[arg(long, default_value_t = 500)]
+    /// default, 50). Before bf357df the default stalled replication of multi-MiB entries (see
+    /// "Replication stall" in bench/README.md).
+    #[arg(long, default_value_t = 0)]
     pub fill_heartbeat_ms: u64,
     /// Before each restart, write this long (1 request of one body in flight, broker defaults)
     /// so that the node stops with a realistic checkpoint lag: the state machine checkpoints
