@@ -1,8 +1,10 @@
 //! The pipelined `StreamAppend` client: one bidi stream carrying openraft's replication requests.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -36,56 +38,44 @@ impl GrpcNetwork {
         let Some(first) = input.next().await else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        // openraft's request stream is pumped by a task of its own, tied to the response
-        // stream returned below: when openraft drops that (a session ends: error, timeout,
-        // conflict), the task is aborted and the request stream dropped at once. Handed to the
-        // HTTP/2 transport directly, the request stream would live on as long as the peer keeps
-        // the old stream open (hyper keeps sending a request body whose response was dropped),
-        // and it would compete with the next session's request stream for the entries both
-        // read from openraft's shared replication state: entries sent on the abandoned stream
-        // are acknowledged to no one, and the group stops committing.
-        let (tx, rx) = tokio::sync::mpsc::channel::<AppendEntriesRequest<TypeConfig>>(1);
-        let pump = PumpGuard(tokio::spawn(async move {
-            let mut next = Some(first);
-            while let Some(req) = next {
-                if tx.send(req).await.is_err() {
-                    return;
-                }
-                next = input.next().await;
-            }
-        }));
+        // openraft's request stream goes to the transport inside a `Detachable`, whose other
+        // half is owned by the response stream returned below: when openraft drops that (a
+        // session ends: error, timeout, conflict), the request stream is dropped at once, even
+        // if the transport is not polling it. Left in the transport, it would live on as long
+        // as the peer keeps the old HTTP/2 stream open (hyper keeps sending a request body
+        // whose response was dropped) and compete with the next session's request stream for
+        // the entries both read from openraft's shared replication state: entries sent on the
+        // abandoned stream are acknowledged to no one, and the group stops committing.
+        let (input, detach) = detachable(futures::stream::iter([first]).chain(input));
         let mut client = self.data_client()?;
         let shared = Arc::new(StreamShared::default());
         let max_append_bytes = self.config.max_append_bytes;
         let splits = self.splits.clone();
 
         let outbound_shared = shared.clone();
-        let outbound = futures::stream::unfold(rx, |mut rx| async move {
-            let req = rx.recv().await?;
-            Some((req, rx))
-        })
-        .scan((), move |_, req| {
-            let chunks = convert::append_request_to_pb(req)
-                .map(|req| convert::split_append(req, max_append_bytes));
-            let item = match chunks {
-                Ok(chunks) => {
-                    if chunks.len() > 1 {
-                        splits.fetch_add(1, Ordering::Relaxed);
+        let outbound = input
+            .scan((), move |_, req| {
+                let chunks = convert::append_request_to_pb(req)
+                    .map(|req| convert::split_append(req, max_append_bytes));
+                let item = match chunks {
+                    Ok(chunks) => {
+                        if chunks.len() > 1 {
+                            splits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        outbound_shared.push_chunks(&chunks);
+                        Some(futures::stream::iter(chunks))
                     }
-                    outbound_shared.push_chunks(&chunks);
-                    Some(futures::stream::iter(chunks))
-                }
-                Err(e) => {
-                    *outbound_shared
-                        .local_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    None
-                }
-            };
-            futures::future::ready(item)
-        })
-        .flatten();
+                    Err(e) => {
+                        *outbound_shared
+                            .local_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = Some(e);
+                        None
+                    }
+                };
+                futures::future::ready(item)
+            })
+            .flatten();
 
         let inbound = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
             Err(_elapsed) => {
@@ -99,7 +89,7 @@ impl GrpcNetwork {
 
         let response_ttl = self.config.stream_response_timeout.unwrap_or(ttl);
         let state = StreamState {
-            _pump: pump,
+            _detach: Box::new(detach),
             timeouts: self.stream_timeouts.clone(),
             inbound,
             shared,
@@ -185,19 +175,71 @@ impl StreamShared {
     }
 }
 
-/// Aborts the task pumping openraft's request stream when dropped.
-struct PumpGuard(tokio::task::JoinHandle<()>);
+/// A stream whose inner stream is dropped as soon as its [`Detach`] handle is, polled or not;
+/// it then ends.
+struct Detachable<S> {
+    slot: Arc<Mutex<DetachSlot<S>>>,
+}
 
-impl Drop for PumpGuard {
+struct DetachSlot<S> {
+    inner: Option<S>,
+    /// The task that last got `Pending`: woken on detach so that it sees the end.
+    waker: Option<Waker>,
+}
+
+/// Drops the inner stream of its [`Detachable`] when dropped.
+struct Detach<S> {
+    slot: Arc<Mutex<DetachSlot<S>>>,
+}
+
+fn detachable<S>(inner: S) -> (Detachable<S>, Detach<S>) {
+    let slot = Arc::new(Mutex::new(DetachSlot {
+        inner: Some(inner),
+        waker: None,
+    }));
+    (Detachable { slot: slot.clone() }, Detach { slot })
+}
+
+impl<S: Stream + Unpin> Stream for Detachable<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(inner) = slot.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = inner.poll_next_unpin(cx);
+        match &polled {
+            Poll::Pending => {
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    slot.waker = Some(cx.waker().clone());
+                }
+            }
+            Poll::Ready(None) => slot.inner = None,
+            Poll::Ready(Some(_)) => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Detach<S> {
     fn drop(&mut self) {
-        self.0.abort();
+        let (inner, waker) = {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            (slot.inner.take(), slot.waker.take())
+        };
+        // Outside the lock: dropping openraft's generator may release its own locks.
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 
 /// The response half of a `StreamAppend` stream.
 struct StreamState {
-    /// Owns the request side: dropping the responses ends the requests.
-    _pump: PumpGuard,
+    /// Dropping the responses drops openraft's request stream (see [`Detachable`]).
+    _detach: Box<dyn Send + Sync>,
     /// Counts per-response timeouts (the factory's `stream_timeout_count`).
     timeouts: Arc<std::sync::atomic::AtomicU64>,
     inbound: tonic::Streaming<pb::StreamAppendResponse>,
