@@ -8,6 +8,7 @@ mod ceiling;
 mod chart;
 mod cl;
 mod cluster;
+mod codec;
 mod counters;
 mod load;
 mod protocol_floor;
@@ -46,6 +47,8 @@ enum Cmd {
     /// Restart of a node holding a large CommitLog: time from the spawn to `/readyz` 200, per
     /// kind of stop (follower SIGKILL / SIGTERM, leader SIGKILL), with the start-up phases.
     Restart(restart::RestartArgs),
+    /// Encode/decode cost of the consume path's internal Raft commands, JSON vs binary.
+    Codec(codec::CodecArgs),
     /// The `cluster --floor` server (started by the benchmark itself).
     #[command(hide = true)]
     ProtocolFloorServer {
@@ -116,6 +119,7 @@ fn main() -> Result<()> {
         Cmd::Commitlog(args) => commitlog(args),
         Cmd::Cluster(args) => suite::run(args),
         Cmd::Restart(args) => restart::run(args),
+        Cmd::Codec(args) => codec::run(args),
         Cmd::ProtocolFloorServer { listen } => protocol_floor::serve(listen),
     }
 }
