@@ -329,6 +329,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // Membership payloads are encoded here; normal payloads are borrowed as they are.
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map_or(0, |e| e.log_id.index);
+        crate::hops::mark(crate::hops::Hop::LogAppend, last);
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
         for e in &entries {
             encoded.push(match &e.payload {
@@ -365,7 +367,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.append(
             &records,
-            Some(Box::new(move |r: io::Result<()>| callback.io_completed(r))),
+            Some(Box::new(move |r: io::Result<()>| {
+                crate::hops::mark(crate::hops::Hop::Flushed, last);
+                callback.io_completed(r)
+            })),
         )?;
         Ok(())
     }

@@ -65,6 +65,9 @@ impl GrpcNetwork {
             Some((req, rx))
         })
         .scan((), move |_, req| {
+            if let Some(e) = req.entries.last() {
+                crate::hops::mark(crate::hops::Hop::StreamReqOut, e.log_id.index);
+            }
             let chunks = convert::append_request_to_pb(req)
                 .map(|req| convert::split_append(req, max_append_bytes));
             let item = match chunks {
@@ -274,7 +277,13 @@ impl StreamState {
             match result {
                 // An intermediate wire request of a split openraft request: keep reading.
                 Ok(_) if !info.last => continue,
-                Ok(flushed) => return Some((Ok(Ok(flushed)), true)),
+                Ok(flushed) => {
+                    crate::hops::mark(
+                        crate::hops::Hop::StreamRespIn,
+                        flushed.map_or(0, |l| l.index),
+                    );
+                    return Some((Ok(Ok(flushed)), true));
+                }
                 // A later chunk conflicting means the earlier chunks were accepted: report
                 // that partial progress; the follower ends the stream after an error.
                 Err(StreamAppendError::Conflict(_)) if !info.first => {
