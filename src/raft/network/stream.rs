@@ -3,8 +3,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
 use openraft::base::BoxStream;
 use openraft::errors::{NetworkError, RPCError, Timeout};
@@ -36,59 +38,57 @@ impl GrpcNetwork {
         let Some(first) = input.next().await else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        // openraft's request stream is pumped by a task of its own, tied to the response
-        // stream returned below: when openraft drops that (a session ends: error, timeout,
-        // conflict), the task is aborted and the request stream dropped at once. Handed to the
-        // HTTP/2 transport directly, the request stream would live on as long as the peer keeps
-        // the old stream open (hyper keeps sending a request body whose response was dropped),
-        // and it would compete with the next session's request stream for the entries both
-        // read from openraft's shared replication state: entries sent on the abandoned stream
-        // are acknowledged to no one, and the group stops committing.
-        let (tx, rx) = tokio::sync::mpsc::channel::<AppendEntriesRequest<TypeConfig>>(1);
-        let pump = PumpGuard(tokio::spawn(async move {
-            let mut next = Some(first);
-            while let Some(req) = next {
-                if tx.send(req).await.is_err() {
-                    return;
-                }
-                next = input.next().await;
-            }
-        }));
+        // openraft's request stream is owned by the response stream returned below: when
+        // openraft drops that (a session ends: error, timeout, conflict), the request stream is
+        // dropped at once and the request body ends. Handed to the HTTP/2 transport as it is,
+        // the request stream would live on as long as the peer keeps the old stream open (hyper
+        // keeps sending a request body whose response was dropped), and it would compete with
+        // the next session's request stream for the entries both read from openraft's shared
+        // replication state: entries sent on the abandoned stream are acknowledged to no one,
+        // and the group stops committing. The transport polls it through a shared slot rather
+        // than through a task of its own, which would cost every request a task hand-off.
+        let slot = Arc::new(InputSlot {
+            input: Mutex::new(Some(input)),
+            waker: AtomicWaker::new(),
+        });
+        let requests =
+            futures::stream::once(futures::future::ready(first)).chain(futures::stream::poll_fn({
+                let slot = Arc::clone(&slot);
+                move |cx| slot.poll_next(cx)
+            }));
+        let input_guard = InputGuard(slot);
         let mut client = self.data_client()?;
         let shared = Arc::new(StreamShared::default());
         let max_append_bytes = self.config.max_append_bytes;
         let splits = self.splits.clone();
 
         let outbound_shared = shared.clone();
-        let outbound = futures::stream::unfold(rx, |mut rx| async move {
-            let req = rx.recv().await?;
-            Some((req, rx))
-        })
-        .scan((), move |_, req| {
-            if let Some(e) = req.entries.last() {
-                crate::hops::mark(crate::hops::Hop::StreamReqOut, e.log_id.index);
-            }
-            let chunks = convert::append_request_to_pb(req)
-                .map(|req| convert::split_append(req, max_append_bytes));
-            let item = match chunks {
-                Ok(chunks) => {
-                    if chunks.len() > 1 {
-                        splits.fetch_add(1, Ordering::Relaxed);
+        let outbound = requests
+            .scan((), move |_, req| {
+                if let Some(e) = req.entries.last() {
+                    crate::hops::mark(crate::hops::Hop::StreamReqOut, e.log_id.index);
+                }
+                let chunks = convert::append_request_to_pb(req)
+                    .map(|req| convert::split_append(req, max_append_bytes));
+                let item = match chunks {
+                    Ok(chunks) => {
+                        if chunks.len() > 1 {
+                            splits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        outbound_shared.push_chunks(&chunks);
+                        Some(futures::stream::iter(chunks))
                     }
-                    outbound_shared.push_chunks(&chunks);
-                    Some(futures::stream::iter(chunks))
-                }
-                Err(e) => {
-                    *outbound_shared
-                        .local_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    None
-                }
-            };
-            futures::future::ready(item)
-        })
-        .flatten();
+                    Err(e) => {
+                        *outbound_shared
+                            .local_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) = Some(e);
+                        None
+                    }
+                };
+                futures::future::ready(item)
+            })
+            .flatten();
 
         let inbound = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
             Err(_elapsed) => {
@@ -102,7 +102,7 @@ impl GrpcNetwork {
 
         let response_ttl = self.config.stream_response_timeout.unwrap_or(ttl);
         let state = StreamState {
-            _pump: pump,
+            _input: input_guard,
             timeouts: self.stream_timeouts.clone(),
             inbound,
             shared,
@@ -188,19 +188,57 @@ impl StreamShared {
     }
 }
 
-/// Aborts the task pumping openraft's request stream when dropped.
-struct PumpGuard(tokio::task::JoinHandle<()>);
+/// openraft's request stream, polled by the transport and dropped by [`InputGuard`].
+struct InputSlot<S> {
+    input: Mutex<Option<S>>,
+    /// The transport's task, woken when the slot is emptied so that the request body ends.
+    waker: AtomicWaker,
+}
 
-impl Drop for PumpGuard {
+impl<S> InputSlot<S>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<AppendEntriesRequest<TypeConfig>>> {
+        self.waker.register(cx.waker());
+        let mut input = self.input.lock().unwrap_or_else(PoisonError::into_inner);
+        match input.as_mut() {
+            Some(s) => s.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// Empties an [`InputSlot`] (type-erased for [`StreamState`]).
+trait CloseInput: Send + Sync {
+    fn close(&self);
+}
+
+impl<S: Send> CloseInput for InputSlot<S> {
+    fn close(&self) {
+        let input = self
+            .input
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(input);
+        self.waker.wake();
+    }
+}
+
+/// Drops openraft's request stream when the response stream is dropped.
+struct InputGuard(Arc<dyn CloseInput>);
+
+impl Drop for InputGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.close();
     }
 }
 
 /// The response half of a `StreamAppend` stream.
 struct StreamState {
     /// Owns the request side: dropping the responses ends the requests.
-    _pump: PumpGuard,
+    _input: InputGuard,
     /// Counts per-response timeouts (the factory's `stream_timeout_count`).
     timeouts: Arc<std::sync::atomic::AtomicU64>,
     inbound: tonic::Streaming<pb::StreamAppendResponse>,
