@@ -25,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod duration;
 pub mod filter;
+pub mod hops;
 pub mod nameserver;
 pub mod proto;
 pub mod protocol;

@@ -112,6 +112,7 @@ async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Request>) {
 }
 
 async fn write_batch(node: &Node, batch: Vec<Request>) {
+    crate::hops::mark(crate::hops::Hop::BatchPropose, 0);
     let all: Vec<NewMessage> = batch.iter().flat_map(|r| r.msgs.iter().cloned()).collect();
     let result: WriteResult = async {
         let payload =

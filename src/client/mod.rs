@@ -364,6 +364,7 @@ impl Producer {
 
     /// Send one message; retries on another queue entry (another node) on failure.
     pub async fn send(&self, m: OutMessage) -> Result<SendReceipt, ClientError> {
+        crate::hops::mark(crate::hops::Hop::ClientSend, 0);
         let OutMessage {
             topic,
             tag,
@@ -446,6 +447,7 @@ impl Producer {
                                 ClientError::Invalid("send result without entry".into())
                             })?;
                             check(e.status.as_ref())?;
+                            crate::hops::mark(crate::hops::Hop::ClientAck, 0);
                             return Ok(SendReceipt {
                                 message_id: e.message_id,
                                 offset: e.offset,

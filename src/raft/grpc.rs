@@ -178,7 +178,12 @@ where
                 let mut inbound = inbound?;
                 match inbound.message().await {
                     Ok(Some(message)) => match convert::append_request_from_pb(message) {
-                        Ok(rpc) => Some((rpc, Some(inbound))),
+                        Ok(rpc) => {
+                            if let Some(e) = rpc.entries.last() {
+                                crate::hops::mark(crate::hops::Hop::StreamReqIn, e.log_id.index);
+                            }
+                            Some((rpc, Some(inbound)))
+                        }
                         Err(e) => {
                             *rejected.lock().unwrap_or_else(PoisonError::into_inner) =
                                 Some(invalid(e));
@@ -196,10 +201,12 @@ where
                 }
             }
         });
-        let responses = self
-            .raft
-            .stream_append(input)
-            .map(|result| Ok(convert::stream_result_to_pb(result)));
+        let responses = self.raft.stream_append(input).map(|result| {
+            if let Ok(Ok(Some(l))) = &result {
+                crate::hops::mark(crate::hops::Hop::StreamRespOut, l.index);
+            }
+            Ok(convert::stream_result_to_pb(result))
+        });
         let trailer = futures::stream::once(async move {
             rejected
                 .lock()

@@ -8,8 +8,11 @@
 //! * Raft metadata — vote, committed log id, last purged log id — lives in `raft/meta.json`,
 //!   replaced atomically (write temp, fsync, rename, fsync dir). The vote is durable before
 //!   `save_vote` returns. The committed id is written behind (at most every
-//!   [`COMMITTED_PERSIST_INTERVAL`]) because it only speeds up restart: a recovered committed
-//!   id that is older than the truth is safe, one that is newer never happens.
+//!   [`COMMITTED_PERSIST_INTERVAL`], on a blocking thread, so that openraft's core task never
+//!   waits for those two fsyncs) because it only speeds up restart: a recovered committed id
+//!   that is older than the truth is safe, one that is newer never happens. Writers of the file
+//!   are serialised and each writes the metadata as it is when its turn comes, so a later write
+//!   never carries an older state (a background write cannot roll a saved vote back).
 //! * The purge point is persisted before any segment is deleted, so a crash in between leaves
 //!   no hole.
 
@@ -55,6 +58,66 @@ struct MetaFile {
     /// What is on disk.
     persisted: RaftMeta,
     last_write: Instant,
+    /// A background write of the committed id is queued or running.
+    writing: bool,
+}
+
+/// The metadata shared by the store and its readers, and the lock that serialises writes of
+/// its file. Lock order: `write`, then `file`; `file` is never held across IO.
+struct MetaShared {
+    file: Mutex<MetaFile>,
+    write: Mutex<()>,
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Poisoned("raft metadata lock poisoned".into())
+}
+
+impl MetaShared {
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, MetaFile>> {
+        self.file.lock().map_err(lock_err)
+    }
+
+    /// Write the metadata as it is now, if it differs from what is on disk.
+    fn persist(&self) -> Result<(), StoreError> {
+        let _turn = self.write.lock().map_err(poisoned)?;
+        let (path, meta) = {
+            let m = self.file.lock().map_err(poisoned)?;
+            if m.meta == m.persisted {
+                return Ok(());
+            }
+            (m.path.clone(), m.meta.clone())
+        };
+        let bytes = serde_json::to_vec_pretty(&meta)
+            .map_err(|e| StoreError::Config(format!("cannot encode raft metadata: {e}")))?;
+        fsutil::atomic_write(&path, &bytes)?;
+        let mut m = self.file.lock().map_err(poisoned)?;
+        m.persisted = meta;
+        m.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Write the committed id behind, off the caller's task. A failure poisons `log`, as a
+    /// failed fsync must: the store refuses writes from then on instead of retrying quietly.
+    fn persist_in_background(self: &Arc<Self>, log: &Arc<CommitLog>) {
+        let shared = Arc::clone(self);
+        let log = Arc::clone(log);
+        let job = move || {
+            if let Err(e) = shared.persist() {
+                log.poison(format!("writing the raft metadata (committed id) failed: {e}"));
+            }
+            if let Ok(mut m) = shared.file.lock() {
+                m.writing = false;
+                m.last_write = Instant::now();
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(job);
+            }
+            Err(_) => job(),
+        }
+    }
 }
 
 impl MetaFile {
@@ -73,9 +136,11 @@ impl MetaFile {
             persisted: meta.clone(),
             meta,
             last_write: Instant::now(),
+            writing: false,
         })
     }
 
+    /// Write the metadata now; only for a `MetaFile` not shared yet (see [`MetaShared`]).
     fn persist(&mut self) -> Result<(), StoreError> {
         if self.meta == self.persisted {
             return Ok(());
@@ -92,7 +157,7 @@ impl MetaFile {
 /// The openraft log store.
 pub struct LogStore {
     log: Arc<CommitLog>,
-    meta: Arc<Mutex<MetaFile>>,
+    meta: Arc<MetaShared>,
     recovery: RecoveryReport,
 }
 
@@ -100,7 +165,7 @@ pub struct LogStore {
 #[derive(Clone)]
 pub struct LogReader {
     log: Arc<CommitLog>,
-    meta: Arc<Mutex<MetaFile>>,
+    meta: Arc<MetaShared>,
 }
 
 fn lock_err<T>(_: T) -> io::Error {
@@ -146,7 +211,10 @@ impl LogStore {
         }
         Ok(LogStore {
             log: Arc::new(log),
-            meta: Arc::new(Mutex::new(meta)),
+            meta: Arc::new(MetaShared {
+                file: Mutex::new(meta),
+                write: Mutex::new(()),
+            }),
             recovery,
         })
     }
@@ -163,12 +231,12 @@ impl LogStore {
 
     /// A snapshot of the persisted Raft metadata.
     pub fn meta(&self) -> io::Result<RaftMeta> {
-        Ok(self.meta.lock().map_err(lock_err)?.meta.clone())
+        Ok(self.meta.lock()?.meta.clone())
     }
 
     /// Write any pending metadata and sync the log (used on clean shutdown).
     pub fn close(&self) -> io::Result<()> {
-        self.meta.lock().map_err(lock_err)?.persist()?;
+        self.meta.persist()?;
         self.log.flush()?;
         Ok(())
     }
@@ -176,9 +244,7 @@ impl LogStore {
 
 impl Drop for LogStore {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.meta.lock() {
-            let _ = m.persist();
-        }
+        let _ = self.meta.persist();
     }
 }
 
@@ -254,7 +320,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.meta.lock().map_err(lock_err)?.meta.vote)
+        Ok(self.meta.lock()?.meta.vote)
     }
 
     async fn limited_get_log_entries(
@@ -275,7 +341,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.meta.lock().map_err(lock_err)?.meta.vote)
+        Ok(self.meta.lock()?.meta.vote)
     }
 }
 
@@ -283,7 +349,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged = self.meta.lock().map_err(lock_err)?.meta.last_purged;
+        let last_purged = self.meta.lock()?.meta.last_purged;
         let last = self.log.last_id()?.map(log_id);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -299,23 +365,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let mut m = self.meta.lock().map_err(lock_err)?;
-        m.meta.vote = Some(*vote);
-        m.persist()?;
+        self.meta.lock()?.meta.vote = Some(*vote);
+        self.meta.persist()?;
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let mut m = self.meta.lock().map_err(lock_err)?;
-        m.meta.committed = committed;
-        if m.last_write.elapsed() >= COMMITTED_PERSIST_INTERVAL {
-            m.persist()?;
+        let due = {
+            let mut m = self.meta.lock()?;
+            m.meta.committed = committed;
+            let due = !m.writing && m.last_write.elapsed() >= COMMITTED_PERSIST_INTERVAL;
+            m.writing |= due;
+            due
+        };
+        if due {
+            self.meta.persist_in_background(&self.log);
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.meta.lock().map_err(lock_err)?.meta.committed)
+        Ok(self.meta.lock()?.meta.committed)
     }
 
     async fn append<I>(
@@ -329,6 +399,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // Membership payloads are encoded here; normal payloads are borrowed as they are.
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map_or(0, |e| e.log_id.index);
+        crate::hops::mark(crate::hops::Hop::LogAppend, last);
         let mut encoded: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
         for e in &entries {
             encoded.push(match &e.payload {
@@ -365,7 +437,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.append(
             &records,
-            Some(Box::new(move |r: io::Result<()>| callback.io_completed(r))),
+            Some(Box::new(move |r: io::Result<()>| {
+                crate::hops::mark(crate::hops::Hop::Flushed, last);
+                callback.io_completed(r)
+            })),
         )?;
         Ok(())
     }
@@ -377,13 +452,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         {
-            let mut m = self.meta.lock().map_err(lock_err)?;
+            let mut m = self.meta.lock()?;
             if m.meta.last_purged.is_some_and(|p| p >= log_id) {
                 return Ok(());
             }
             m.meta.last_purged = Some(log_id);
-            m.persist()?;
         }
+        self.meta.persist()?;
         self.log.purge_upto(log_id.index)?;
         Ok(())
     }

@@ -182,6 +182,8 @@ enum FlushMsg {
         seg: Arc<Segment>,
         from: u64,
         to: u64,
+        /// Last Raft index written to the range (for [`crate::hops`]).
+        index: u64,
         cb: Option<FlushCallback>,
     },
     Barrier(Sender<io::Result<()>>),
@@ -444,12 +446,14 @@ impl CommitLog {
             .as_ref()
             .ok_or_else(|| StoreError::Poisoned("log is closed".into()))?;
         let n = dirty.len();
+        let index = records.last().map_or(0, |r| r.id.index);
         match self.inner.cfg.flush {
             FlushMode::Sync => {
                 let mut cb = on_durable;
+                crate::hops::mark(crate::hops::Hop::FlushQueued, index);
                 for (i, (seg, from, to)) in dirty.into_iter().enumerate() {
                     let cb = if i + 1 == n { cb.take() } else { None };
-                    send_flush(tx, seg, from, to, cb);
+                    send_flush(tx, seg, from, to, index, cb);
                 }
                 if let Some(cb) = cb {
                     // Nothing to sync (empty batch): durable by definition.
@@ -458,7 +462,7 @@ impl CommitLog {
             }
             FlushMode::Async => {
                 for (seg, from, to) in dirty {
-                    send_flush(tx, seg, from, to, None);
+                    send_flush(tx, seg, from, to, index, None);
                 }
                 if let Some(cb) = on_durable {
                     cb(Ok(()));
@@ -748,11 +752,16 @@ fn send_flush(
     seg: Arc<Segment>,
     from: u64,
     to: u64,
+    index: u64,
     cb: Option<FlushCallback>,
 ) {
-    if let Err(mpsc::SendError(FlushMsg::Range { cb: Some(cb), .. })) =
-        tx.send(FlushMsg::Range { seg, from, to, cb })
-    {
+    if let Err(mpsc::SendError(FlushMsg::Range { cb: Some(cb), .. })) = tx.send(FlushMsg::Range {
+        seg,
+        from,
+        to,
+        index,
+        cb,
+    }) {
         cb(Err(io::Error::other("commitlog flusher is gone")));
     }
 }
@@ -877,8 +886,17 @@ fn flusher_loop(inner: Arc<Inner>, rx: Receiver<FlushMsg>) {
 fn flush_batch(inner: &Inner, batch: Vec<FlushMsg>) {
     // Merge ranges per segment: one msync per segment covers every append in the batch.
     let mut ranges: Vec<(Arc<Segment>, u64, u64)> = Vec::new();
+    let mut index = 0;
     for m in &batch {
-        if let FlushMsg::Range { seg, from, to, .. } = m {
+        if let FlushMsg::Range {
+            seg,
+            from,
+            to,
+            index: i,
+            ..
+        } = m
+        {
+            index = index.max(*i);
             match ranges.iter_mut().find(|r| Arc::ptr_eq(&r.0, seg)) {
                 Some(r) => {
                     r.1 = r.1.min(*from);
@@ -889,6 +907,7 @@ fn flush_batch(inner: &Inner, batch: Vec<FlushMsg>) {
         }
     }
     let mut result: io::Result<()> = Ok(());
+    crate::hops::mark(crate::hops::Hop::FsyncStart, index);
     for (seg, from, to) in &ranges {
         if let Err(e) = seg.flush_range(*from, *to) {
             let why = format!("msync of {} failed: {e}", seg.path().display());
@@ -897,6 +916,7 @@ fn flush_batch(inner: &Inner, batch: Vec<FlushMsg>) {
             break;
         }
     }
+    crate::hops::mark(crate::hops::Hop::FsyncEnd, index);
     if result.is_ok()
         && let Ok(g) = inner.poison.lock()
         && let Some(why) = &*g

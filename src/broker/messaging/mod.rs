@@ -226,6 +226,7 @@ impl MessagingService for MessagingSvc {
         &self,
         req: Request<v2::SendMessageRequest>,
     ) -> Result<Response<v2::SendMessageResponse>, Status> {
+        crate::hops::mark(crate::hops::Hop::SendIn, 0);
         let needs = send_topics(req.get_ref());
         if let Err(r) = guard(self.node()?.authorize(req.metadata(), &needs)) {
             return Ok(r);

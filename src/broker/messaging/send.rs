@@ -90,6 +90,7 @@ impl MessagingSvc {
                 .as_ref()
                 .is_some_and(|s| s.code == v2::Code::HaNotAvailable as i32);
             if !retry || forwarded || tokio::time::Instant::now() >= deadline {
+                crate::hops::mark(crate::hops::Hop::SendOut, 0);
                 return Ok(Response::new(reply));
             }
             // Retry as soon as another leader is known, and at least every LEADER_POLL.

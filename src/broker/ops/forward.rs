@@ -128,8 +128,10 @@ impl Node {
             "internal"
         };
         let started = std::time::Instant::now();
+        crate::hops::mark(crate::hops::Hop::ClientWrite, 0);
         match self.raft.client_write(cmd).await {
             Ok(r) => {
+                crate::hops::mark(crate::hops::Hop::ClientWriteDone, r.data.index);
                 metrics::histogram!(crate::broker::http::APPEND_LATENCY, "command" => command)
                     .record(started.elapsed().as_secs_f64());
                 Ok(Ok(r.data))

@@ -55,6 +55,9 @@ impl GrpcNetwork {
         let outbound_shared = shared.clone();
         let outbound = input
             .scan((), move |_, req| {
+                if let Some(e) = req.entries.last() {
+                    crate::hops::mark(crate::hops::Hop::StreamReqOut, e.log_id.index);
+                }
                 let chunks = convert::append_request_to_pb(req)
                     .map(|req| convert::split_append(req, max_append_bytes));
                 let item = match chunks {

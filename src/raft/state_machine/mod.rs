@@ -242,6 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id;
+            crate::hops::mark(crate::hops::Hop::ApplyIn, log_id.index);
             let mut g = self.core.inner.write().map_err(lock_err)?;
             let data = self.core.apply_entry(&mut g, &entry)?;
             if g.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
@@ -255,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     data,
                 });
             }
+            crate::hops::mark(crate::hops::Hop::ApplyOut, log_id.index);
         }
         Ok(())
     }
