@@ -104,7 +104,9 @@ impl MetaShared {
         let log = Arc::clone(log);
         let job = move || {
             if let Err(e) = shared.persist() {
-                log.poison(format!("writing the raft metadata (committed id) failed: {e}"));
+                log.poison(format!(
+                    "writing the raft metadata (committed id) failed: {e}"
+                ));
             }
             if let Ok(mut m) = shared.file.lock() {
                 m.writing = false;

@@ -80,17 +80,23 @@ impl GrpcNetwork {
             })
             .flatten();
 
-        let inbound = match tokio::time::timeout(ttl, client.stream_append(outbound)).await {
+        // Opening the stream (connection, request and response headers) gets the same allowance
+        // as a response: under load a fresh HTTP/2 stream can take longer than openraft's 3/4
+        // heartbeat, and a setup that always times out never replicates anything.
+        let response_ttl = self.config.stream_response_timeout.unwrap_or(ttl);
+        let setup_ttl = response_ttl.max(ttl);
+        let inbound = match tokio::time::timeout(setup_ttl, client.stream_append(outbound)).await {
             Err(_elapsed) => {
                 return Err(RPCError::Timeout(
-                    self.timeout_error(RPCTypes::AppendEntries, ttl),
+                    self.timeout_error(RPCTypes::AppendEntries, setup_ttl),
                 ));
             }
-            Ok(Err(status)) => return Err(self.status_error(RPCTypes::AppendEntries, ttl, status)),
+            Ok(Err(status)) => {
+                return Err(self.status_error(RPCTypes::AppendEntries, setup_ttl, status));
+            }
             Ok(Ok(response)) => response.into_inner(),
         };
 
-        let response_ttl = self.config.stream_response_timeout.unwrap_or(ttl);
         let state = StreamState {
             _detach: Box::new(detach),
             timeouts: self.stream_timeouts.clone(),
