@@ -113,10 +113,18 @@ async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Request>) {
 
 async fn write_batch(node: &Node, batch: Vec<Request>) {
     crate::hops::mark(crate::hops::Hop::BatchPropose, 0);
-    let all: Vec<NewMessage> = batch.iter().flat_map(|r| r.msgs.iter().cloned()).collect();
+    // The messages move into one batch; each request keeps its reply and its message count.
+    let total = batch.iter().map(|r| r.msgs.len()).sum();
+    let mut all: Vec<NewMessage> = Vec::with_capacity(total);
+    let mut replies = Vec::with_capacity(batch.len());
+    for r in batch {
+        replies.push((r.reply, r.msgs.len()));
+        all.extend(r.msgs);
+    }
     let result: WriteResult = async {
         let payload =
             message::encode_batch(&all).map_err(|e| BrokerError::BadRequest(e.to_string()))?;
+        drop(all);
         let resp = match node
             .write_local(Command::messages(Bytes::from(payload)))
             .await?
@@ -126,7 +134,7 @@ async fn write_batch(node: &Node, batch: Vec<Request>) {
         };
         let places = state_machine::decode_batch_result(&resp.data)
             .map_err(|e| BrokerError::Internal(format!("bad apply result: {e}")))?;
-        if places.len() != all.len() {
+        if places.len() != total {
             return Err(BrokerError::Internal(
                 "apply result does not match the batch".into(),
             ));
@@ -137,25 +145,25 @@ async fn write_batch(node: &Node, batch: Vec<Request>) {
     match result {
         Ok(Ok((index, places))) => {
             let mut it = places.into_iter();
-            for r in batch {
-                let mine: Vec<Place> = it.by_ref().take(r.msgs.len()).collect();
-                let _ = r.reply.send(Ok(Ok((index, mine))));
+            for (reply, n) in replies {
+                let mine: Vec<Place> = it.by_ref().take(n).collect();
+                let _ = reply.send(Ok(Ok((index, mine))));
             }
         }
         Ok(Err(route)) => {
-            for r in batch {
-                let _ = r.reply.send(Ok(Err(route.clone())));
+            for (reply, _) in replies {
+                let _ = reply.send(Ok(Err(route.clone())));
             }
         }
         Err(e) => {
             let msg = e.to_string();
             let mut first = Some(e);
-            for r in batch {
+            for (reply, _) in replies {
                 // One error value; the others get an equivalent copy.
                 let e = first
                     .take()
                     .unwrap_or_else(|| BrokerError::Raft(msg.clone()));
-                let _ = r.reply.send(Err(e));
+                let _ = reply.send(Err(e));
             }
         }
     }

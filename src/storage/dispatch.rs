@@ -311,9 +311,33 @@ impl Dispatcher {
     /// [`Disposition::IndexOnly`] gives it key-index entries but no offset or unit (a
     /// message stored now and queued later, such as a delay message before its time, can be
     /// found by id and key meanwhile). Its result is `None`, like a skipped message's.
-    pub fn dispatch_with<F>(
+    pub fn dispatch_with<F>(&mut self, rec: &Record, decide: F) -> Result<Vec<Option<Dispatched>>>
+    where
+        F: FnMut(&MessageView) -> Disposition,
+    {
+        self.dispatch_views(rec, None, decide)
+    }
+
+    /// [`dispatch_with`](Self::dispatch_with) for a caller that has decoded the record's
+    /// message batch already: `views` must be `decode_batch(&rec.payload)` (the state
+    /// machine decodes each batch for its own decisions; this spares a second decode and
+    /// body CRC check per message).
+    pub fn dispatch_decoded<F>(
         &mut self,
         rec: &Record,
+        views: &[MessageView],
+        decide: F,
+    ) -> Result<Vec<Option<Dispatched>>>
+    where
+        F: FnMut(&MessageView) -> Disposition,
+    {
+        self.dispatch_views(rec, Some(views), decide)
+    }
+
+    fn dispatch_views<F>(
+        &mut self,
+        rec: &Record,
+        decoded: Option<&[MessageView]>,
         mut decide: F,
     ) -> Result<Vec<Option<Dispatched>>>
     where
@@ -339,15 +363,22 @@ impl Dispatcher {
             self.last = Some((rec.id.index, end));
             return Ok(Vec::new());
         }
-        let views = decode_batch(&rec.payload).map_err(|e| {
-            StoreError::corrupt(
-                format!("commitlog record {}", rec.id.index),
-                rec.pos + HEADER_LEN as u64,
-                format!("undecodable message batch: {e}"),
-            )
-        })?;
+        let owned;
+        let views: &[MessageView] = match decoded {
+            Some(v) => v,
+            None => {
+                owned = decode_batch(&rec.payload).map_err(|e| {
+                    StoreError::corrupt(
+                        format!("commitlog record {}", rec.id.index),
+                        rec.pos + HEADER_LEN as u64,
+                        format!("undecodable message batch: {e}"),
+                    )
+                })?;
+                &owned
+            }
+        };
         let kept: Vec<Disposition> = views.iter().map(&mut decide).collect();
-        match self.apply(rec, &views, &kept) {
+        match self.apply(rec, views, &kept) {
             Ok(out) => {
                 self.last = Some((rec.id.index, end));
                 Ok(out)

@@ -98,7 +98,10 @@ pub(super) fn fwd_err(leader: NodeId, addr: &str, s: tonic::Status) -> BrokerErr
 
 impl Node {
     pub(crate) fn route(&self) -> Result<Route, BrokerError> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Borrowed, not cloned: this runs for every request, and the metrics hold the
+        // membership and the replication map.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         match m.current_leader {
             Some(id) if id == self.config.node_id => Ok(Route::Local),
             Some(id) => {

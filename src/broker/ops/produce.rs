@@ -1,7 +1,7 @@
 //! Message appends: produce (forwarded to the leader from a follower), broker-made copies of
 //! stored messages, delivery times, message ids, and dead-lettering.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,8 +62,9 @@ impl Node {
     ) -> Result<Result<pb::ProduceReply, Route>, BrokerError> {
         let now = now_ms();
         let mut msgs = Vec::with_capacity(req.messages.len());
-        // Results for messages already stored (leader fast path of idempotent sends).
-        let mut dups: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
+        // One result per message, in request order: messages already stored first (leader
+        // fast path of idempotent sends), the others once the batch is applied.
+        let mut results: Vec<Option<pb::ProduceResult>> = vec![None; req.messages.len()];
         for (i, m) in req.messages.iter().enumerate() {
             let topic = self
                 .sm
@@ -78,21 +79,18 @@ impl Node {
                 m.message_id.clone()
             };
             if let Some(place) = self.sm.find_duplicate(&m.topic, &message_id) {
-                dups.insert(
-                    i,
-                    pb::ProduceResult {
-                        message_id,
-                        topic: place.topic,
-                        queue_id: place.queue,
-                        offset: if place.offset == state_machine::PENDING_OFFSET {
-                            0
-                        } else {
-                            place.offset
-                        },
-                        duplicate: true,
-                        pending: place.offset == state_machine::PENDING_OFFSET,
+                results[i] = Some(pb::ProduceResult {
+                    message_id,
+                    topic: place.topic,
+                    queue_id: place.queue,
+                    offset: if place.offset == state_machine::PENDING_OFFSET {
+                        0
+                    } else {
+                        place.offset
                     },
-                );
+                    duplicate: true,
+                    pending: place.offset == state_machine::PENDING_OFFSET,
+                });
                 continue;
             }
             let queue_id = if m.queue_id >= 0 {
@@ -157,7 +155,6 @@ impl Node {
             ));
         }
         let mut raft_index = 0;
-        let mut stored: BTreeMap<usize, pb::ProduceResult> = BTreeMap::new();
         if !msgs.is_empty() {
             // The batch takes the messages; only their ids stay for the results.
             let (ids, batch): (Vec<(usize, String)>, Vec<NewMessage>) = msgs
@@ -181,26 +178,22 @@ impl Node {
                 ));
             }
             for ((i, message_id), p) in ids.into_iter().zip(places) {
-                stored.insert(
-                    i,
-                    pb::ProduceResult {
-                        message_id,
-                        topic: p.topic,
-                        queue_id: p.queue,
-                        offset: if p.offset == state_machine::PENDING_OFFSET {
-                            0
-                        } else {
-                            p.offset
-                        },
-                        duplicate: p.duplicate,
-                        pending: p.offset == state_machine::PENDING_OFFSET,
+                results[i] = Some(pb::ProduceResult {
+                    message_id,
+                    topic: p.topic,
+                    queue_id: p.queue,
+                    offset: if p.offset == state_machine::PENDING_OFFSET {
+                        0
+                    } else {
+                        p.offset
                     },
-                );
+                    duplicate: p.duplicate,
+                    pending: p.offset == state_machine::PENDING_OFFSET,
+                });
             }
         }
-        stored.extend(dups);
         Ok(Ok(pb::ProduceReply {
-            results: stored.into_values().collect(),
+            results: results.into_iter().flatten().collect(),
             raft_index,
         }))
     }

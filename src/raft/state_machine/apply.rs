@@ -161,16 +161,17 @@ impl SmCore {
             fresh.push(is_fresh);
         }
         let mut k = keep.iter().zip(&fresh);
-        let dispatched = inner
-            .dispatcher
-            .dispatch_with(&record, |_v: &MessageView| {
-                match k.next() {
-                    Some((true, _)) | None => Disposition::Queue,
-                    // A newly stored waiting message (delay, half): findable by id and key now.
-                    Some((false, true)) => Disposition::IndexOnly,
-                    Some((false, false)) => Disposition::Skip,
-                }
-            })?;
+        let dispatched =
+            inner
+                .dispatcher
+                .dispatch_decoded(&record, &views, |_v: &MessageView| {
+                    match k.next() {
+                        Some((true, _)) | None => Disposition::Queue,
+                        // A newly stored waiting message (delay, half): findable by id and key now.
+                        Some((false, true)) => Disposition::IndexOnly,
+                        Some((false, false)) => Disposition::Skip,
+                    }
+                })?;
         if dispatched.len() != views.len() {
             return Err(io::Error::other(
                 "dispatch returned a result count unlike the batch",
