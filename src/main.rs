@@ -10,11 +10,6 @@ mod produce_consume;
 use clap::{Parser, Subcommand};
 use raftmq::storage::commitlog::{self, Inspection};
 
-/// mimalloc instead of glibc malloc: cheaper small allocations and frees on the per-message
-/// paths (see the note in Cargo.toml).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// raftmq: a RocketMQ-style message broker whose CommitLog is a Raft log.
 #[derive(Parser, Debug)]
 #[command(name = "raftmq", version, about)]
