@@ -79,18 +79,7 @@ impl Node {
                 m.message_id.clone()
             };
             if let Some(place) = self.sm.find_duplicate(&m.topic, &message_id) {
-                results[i] = Some(pb::ProduceResult {
-                    message_id,
-                    topic: place.topic,
-                    queue_id: place.queue,
-                    offset: if place.offset == state_machine::PENDING_OFFSET {
-                        0
-                    } else {
-                        place.offset
-                    },
-                    duplicate: true,
-                    pending: place.offset == state_machine::PENDING_OFFSET,
-                });
+                results[i] = Some(produce_result(message_id, place, true));
                 continue;
             }
             let queue_id = if m.queue_id >= 0 {
@@ -178,18 +167,8 @@ impl Node {
                 ));
             }
             for ((i, message_id), p) in ids.into_iter().zip(places) {
-                results[i] = Some(pb::ProduceResult {
-                    message_id,
-                    topic: p.topic,
-                    queue_id: p.queue,
-                    offset: if p.offset == state_machine::PENDING_OFFSET {
-                        0
-                    } else {
-                        p.offset
-                    },
-                    duplicate: p.duplicate,
-                    pending: p.offset == state_machine::PENDING_OFFSET,
-                });
+                let duplicate = p.duplicate;
+                results[i] = Some(produce_result(message_id, p, duplicate));
             }
         }
         Ok(Ok(pb::ProduceReply {
@@ -322,5 +301,23 @@ impl Node {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// The answer for one message stored at (or, `duplicate`, found stored before at) `place`; a
+/// message still waiting (delay, transaction) has no offset yet.
+fn produce_result(
+    message_id: String,
+    place: state_machine::Place,
+    duplicate: bool,
+) -> pb::ProduceResult {
+    let pending = place.offset == state_machine::PENDING_OFFSET;
+    pb::ProduceResult {
+        message_id,
+        topic: place.topic,
+        queue_id: place.queue,
+        offset: if pending { 0 } else { place.offset },
+        duplicate,
+        pending,
     }
 }
