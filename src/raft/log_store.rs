@@ -141,19 +141,6 @@ impl MetaFile {
             writing: false,
         })
     }
-
-    /// Write the metadata now; only for a `MetaFile` not shared yet (see [`MetaShared`]).
-    fn persist(&mut self) -> Result<(), StoreError> {
-        if self.meta == self.persisted {
-            return Ok(());
-        }
-        let bytes = serde_json::to_vec_pretty(&self.meta)
-            .map_err(|e| StoreError::Config(format!("cannot encode raft metadata: {e}")))?;
-        fsutil::atomic_write(&self.path, &bytes)?;
-        self.persisted = self.meta.clone();
-        self.last_write = Instant::now();
-        Ok(())
-    }
 }
 
 /// The openraft log store.
@@ -200,7 +187,6 @@ impl LogStore {
                 held.map(|l| l.index)
             );
             meta.meta.committed = held;
-            meta.persist()?;
         }
         if let Some(at) = &recovery.torn_tail_at {
             tracing::warn!(
@@ -211,12 +197,15 @@ impl LogStore {
                 at.1
             );
         }
+        let meta = Arc::new(MetaShared {
+            file: Mutex::new(meta),
+            write: Mutex::new(()),
+        });
+        // Writes the cut-back committed id, if any (a no-op when nothing changed).
+        meta.persist()?;
         Ok(LogStore {
             log: Arc::new(log),
-            meta: Arc::new(MetaShared {
-                file: Mutex::new(meta),
-                write: Mutex::new(()),
-            }),
+            meta,
             recovery,
         })
     }

@@ -336,10 +336,19 @@ fn test_config() -> Arc<Config> {
 }
 
 async fn start_cluster(n: u64, net: GrpcNetworkConfig) -> Vec<TestNode> {
-    let config = test_config();
+    start_cluster_with(n, test_config(), net, MemLog::default).await
+}
+
+/// `n` initialized nodes, each with a log from `log`.
+async fn start_cluster_with(
+    n: u64,
+    config: Arc<Config>,
+    net: GrpcNetworkConfig,
+    log: impl Fn() -> MemLog,
+) -> Vec<TestNode> {
     let mut nodes = Vec::new();
     for id in 1..=n {
-        nodes.push(TestNode::start(id, config.clone(), net.clone()).await);
+        nodes.push(TestNode::start_with_log(id, config.clone(), net.clone(), log()).await);
     }
     let members: BTreeMap<NodeId, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
     nodes[0].raft.initialize(members).await.expect("initialize");
@@ -719,13 +728,7 @@ async fn replication_keeps_committing_through_stream_timeouts() {
         ..Default::default()
     };
     let slow_disk = Duration::from_millis(40);
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        let log = MemLog(Arc::default(), slow_disk);
-        nodes.push(TestNode::start_with_log(id, config.clone(), net.clone(), log).await);
-    }
-    let members: BTreeMap<NodeId, BasicNode> = nodes.iter().map(|n| (n.id, n.node())).collect();
-    nodes[0].raft.initialize(members).await.expect("initialize");
+    let nodes = start_cluster_with(3, config, net, || MemLog(Arc::default(), slow_disk)).await;
     let leader = wait_for_leader(&nodes).await;
 
     // 4 writers of 1 MiB entries, as the broker's batcher keeps up to 4 proposals in flight.

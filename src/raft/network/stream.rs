@@ -160,7 +160,11 @@ impl StreamShared {
     }
 
     fn has_pending(&self) -> bool {
-        self.outstanding_bytes().is_some()
+        !self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
     }
 
     /// The encoded size of the unanswered requests; `None` if there are none.
