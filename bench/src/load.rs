@@ -357,11 +357,13 @@ async fn one_producer(sender: &Sender, sh: &Shared<'_>) -> Result<()> {
 #[allow(clippy::large_enum_variant)]
 pub enum Receiver {
     /// raftmq SimpleConsumer: `receive(batch)` with long polling, then the batch's acks in one
-    /// AckMessage request (one entry per message); `concurrency` receive loops.
+    /// AckMessage request (one entry per message), or with `ack_each` one AckMessage request
+    /// per message, all sent at once; `concurrency` receive loops.
     Raftmq {
         consumer: SimpleConsumer,
         batch: i32,
         concurrency: usize,
+        ack_each: bool,
     },
     /// NATS durable pull consumer with explicit acks (`ack()` per message).
     Nats {
@@ -390,6 +392,7 @@ pub async fn consume(r: &Receiver, n: u64, max: Duration, pb: &ProgressBar) -> R
             consumer,
             batch,
             concurrency,
+            ack_each,
         } => {
             let seen = RefCell::new(HashSet::<String>::new());
             let one = || async {
@@ -413,12 +416,18 @@ pub async fn consume(r: &Receiver, n: u64, max: Duration, pb: &ProgressBar) -> R
                             report::record(&mut lat.borrow_mut(), age);
                         }
                     }
-                    // Every message is acked; the acks of one received batch travel in one
-                    // AckMessage request (`ack_all`), which the broker applies as one entry.
-                    consumer
-                        .ack_all(&msgs)
-                        .await
-                        .map_err(|e| anyhow!("ack: {e}"))?;
+                    // Every message is acked: the acks of one received batch in one
+                    // AckMessage request (`ack_all`), or one request per message, concurrently.
+                    if *ack_each {
+                        futures::future::try_join_all(msgs.iter().map(|m| consumer.ack(m)))
+                            .await
+                            .map_err(|e| anyhow!("ack: {e}"))?;
+                    } else {
+                        consumer
+                            .ack_all(&msgs)
+                            .await
+                            .map_err(|e| anyhow!("ack: {e}"))?;
+                    }
                     let mut s = seen.borrow_mut();
                     for m in &msgs {
                         if s.insert(m.message_id.clone()) {

@@ -80,6 +80,11 @@ pub struct ClusterArgs {
     /// Consume: concurrent receive loops (raftmq).
     #[arg(long, default_value_t = 4)]
     pub consume_concurrency: usize,
+    /// Consume (raftmq): `batch` acks each received batch in one AckMessage request;
+    /// `each` sends one AckMessage request per message, all of a batch at once, as the
+    /// official Java, Go and Rust clients' asynchronous acks do.
+    #[arg(long, value_enum, default_value_t = AckMode::Batch)]
+    pub consume_ack: AckMode,
     /// Queues of the raftmq topic.
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
@@ -135,6 +140,13 @@ pub struct ClusterArgs {
 pub enum ClientKind {
     Project,
     OfficialRust,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckMode {
+    Batch,
+    Each,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -246,6 +258,7 @@ pub struct Meta {
     pub e2e_secs: f64,
     pub consume_batch: usize,
     pub consume_concurrency: usize,
+    pub consume_ack: AckMode,
     pub queues: u32,
     pub smoke: bool,
     pub notes: Vec<String>,
@@ -460,6 +473,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         e2e_secs,
         consume_batch: a.consume_batch,
         consume_concurrency: a.consume_concurrency,
+        consume_ack: a.consume_ack,
         queues: a.queues,
         smoke,
         notes: crate::environment_notes(),
@@ -799,6 +813,7 @@ impl Target {
                     .map_err(|e| anyhow!("{e}"))?,
                 batch: a.consume_batch as i32,
                 concurrency: a.consume_concurrency,
+                ack_each: a.consume_ack == AckMode::Each,
             },
             Target::Nats { client } => {
                 use async_nats::jetstream::consumer::{AckPolicy, pull};
@@ -1257,8 +1272,15 @@ fn meta_markdown(m: &Meta) -> String {
     }
     let _ = writeln!(
         s,
-        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, each received batch acked by one AckMessage request with one entry per message; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
-        m.consume_batch, m.consume_concurrency
+        "- consume: the messages of the largest in-flight produce run, {} per receive/pull batch, one ack per message; its latency column is the message's age at receive, i.e. mostly the backlog (raftmq: {} receive loops, {}; NATS: durable R3 pull consumer, explicit `ack()` per message, which async-nats sends without waiting for a reply); latency = send → receive",
+        m.consume_batch,
+        m.consume_concurrency,
+        match m.consume_ack {
+            AckMode::Batch =>
+                "each received batch acked by one AckMessage request with one entry per message",
+            AckMode::Each =>
+                "each message acked by its own AckMessage request, a batch's acks sent at once (`--consume-ack each`)",
+        }
     );
     let _ = writeln!(
         s,

@@ -2,7 +2,9 @@
 //!
 //! * [`node`] starts a node: log store, state machine, openraft, one gRPC port.
 //! * [`ops`] implements the requests: writes go through Raft on the leader (a follower
-//!   forwards them), reads come from the applied state of the node asked.
+//!   forwards them), reads come from the applied state of the node asked. Concurrent
+//!   writes on the leader share Raft entries: produce requests through [`batcher`],
+//!   internal commands (deliveries, acks, ...) through [`command_batcher`].
 //! * [`admin`] is the `raftmq.admin.Admin` gRPC service over [`ops`]; [`acl_ops`] are its
 //!   user and policy commands.
 //! * [`auth`] checks requests against the replicated users and policies (ACL).
@@ -13,6 +15,7 @@ pub mod acl_ops;
 pub mod admin;
 pub mod auth;
 pub mod batcher;
+pub mod command_batcher;
 pub mod error;
 pub mod http;
 pub mod leave;

@@ -271,6 +271,8 @@ pub struct Node {
     pub(crate) sessions: Arc<super::sessions::Sessions>,
     /// Group commit of produce requests (set right after start).
     pub(crate) batcher: std::sync::OnceLock<super::batcher::Batcher>,
+    /// Group commit of internal commands (deliveries, acks, ...): see `command_batcher`.
+    pub(crate) command_batcher: std::sync::OnceLock<super::command_batcher::CommandBatcher>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Set when a graceful leave begins (see [`super::leave`]).
     pub(crate) leaving: std::sync::atomic::AtomicBool,
@@ -425,6 +427,7 @@ impl Node {
                 forwarder: super::ops::Forwarder::default(),
                 sessions,
                 batcher: std::sync::OnceLock::new(),
+                command_batcher: std::sync::OnceLock::new(),
                 shutdown,
                 leaving: std::sync::atomic::AtomicBool::new(false),
                 server: std::sync::Mutex::new(Some(server)),
@@ -433,8 +436,12 @@ impl Node {
         });
         let (batcher, batch_task) = super::batcher::Batcher::spawn(Arc::downgrade(&node));
         let _ = node.batcher.set(batcher);
+        let (commands, command_task) =
+            super::command_batcher::CommandBatcher::spawn(Arc::downgrade(&node));
+        let _ = node.command_batcher.set(commands);
         if let Ok(mut t) = node.tasks.lock() {
             t.push(batch_task);
+            t.push(command_task);
         }
         node.bootstrap().await?;
         let n = Arc::clone(&node);

@@ -160,11 +160,15 @@ impl Node {
         cmd: InternalCommand,
     ) -> Result<Result<CommandResponse, Route>, BrokerError> {
         let (kind, bytes) = state_machine::codec::encode(&cmd).map_err(BrokerError::Internal)?;
-        self.write_local(Command {
+        let cmd = Command {
             kind,
             data: Bytes::from(bytes),
-        })
-        .await
+        };
+        // Concurrent commands share Raft entries (see `command_batcher`).
+        match self.command_batcher.get() {
+            Some(b) => b.write(cmd).await,
+            None => self.write_local(cmd).await,
+        }
     }
 
     /// Propose an internal command on this node, which must lead (callers forward whole

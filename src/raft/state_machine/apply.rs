@@ -14,7 +14,9 @@ use std::io;
 use bytes::Bytes;
 use openraft::EntryPayload;
 
-use super::commands::{InternalCommand, PENDING_OFFSET, Place, encode_batch_result};
+use super::commands::{
+    INTERNAL_BATCH_KIND, InternalCommand, PENDING_OFFSET, Place, encode_batch_result,
+};
 use super::{SmCore, SmHandle, SmInner, io_err};
 use crate::raft::consume::HandleOutcome;
 use crate::raft::dedupe;
@@ -53,6 +55,19 @@ impl SmCore {
             EntryPayload::Normal(cmd) if cmd.kind == RecordKind::MESSAGE_BATCH.0 => {
                 let places = self.apply_messages(inner, log_id)?;
                 encode_batch_result(&places)
+            }
+            EntryPayload::Normal(cmd) if cmd.kind == INTERNAL_BATCH_KIND => {
+                match super::command_batch::split(cmd.kind, &cmd.data) {
+                    Ok(cmds) => {
+                        let rs: Vec<Bytes> = cmds
+                            .into_iter()
+                            .map(|(kind, data)| self.apply_internal(inner, kind, data))
+                            .collect();
+                        super::command_batch::encode_responses(&rs)
+                    }
+                    // Deterministic on every replica: an undecodable batch is skipped whole.
+                    Err(e) => Bytes::from(format!("ignored: undecodable command batch: {e}")),
+                }
             }
             EntryPayload::Normal(cmd) if super::codec::is_internal(cmd.kind) => {
                 self.apply_internal(inner, cmd.kind, &cmd.data)

@@ -26,7 +26,9 @@
 //! replica), so a group must not mix versions with and without this kind while consumers
 //! run: their acks and deliveries would not apply there (messages come again: at-least-once).
 
-use super::commands::{INTERNAL_BIN_KIND, INTERNAL_JSON_KIND, InternalCommand};
+use super::commands::{
+    INTERNAL_BATCH_KIND, INTERNAL_BIN_KIND, INTERNAL_JSON_KIND, InternalCommand,
+};
 use crate::raft::consume::Pop;
 
 const VERSION: u8 = 1;
@@ -50,9 +52,9 @@ pub fn decode(kind: u8, data: &[u8]) -> Result<InternalCommand, String> {
     }
 }
 
-/// Whether `kind` holds an internal command.
+/// Whether `kind` holds internal commands (one, or a batch of them).
 pub fn is_internal(kind: u8) -> bool {
-    kind == INTERNAL_JSON_KIND || kind == INTERNAL_BIN_KIND
+    kind == INTERNAL_JSON_KIND || kind == INTERNAL_BIN_KIND || kind == INTERNAL_BATCH_KIND
 }
 
 struct W(Vec<u8>);

@@ -19,6 +19,9 @@ pub const INTERNAL_JSON_KIND: u8 = RecordKind::FIRST_INTERNAL;
 /// Record kind of the binary-encoded consume commands (see `codec`).
 pub const INTERNAL_BIN_KIND: u8 = RecordKind::FIRST_INTERNAL + 1;
 
+/// Record kind of several internal commands in one entry (see `command_batch`).
+pub const INTERNAL_BATCH_KIND: u8 = RecordKind::FIRST_INTERNAL + 2;
+
 /// Read/write permission of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

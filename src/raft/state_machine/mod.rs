@@ -12,7 +12,9 @@
 //! * **internal commands** ([`InternalCommand`]: kind [`INTERNAL_BIN_KIND`] for the consume
 //!   path's deliveries and acks in a fixed binary layout, kind [`INTERNAL_JSON_KIND`] JSON for
 //!   the rest; see `codec`): topics, groups, deliveries, acks, offsets, transactions, ACL. Everything that must survive a
-//!   failover is a log entry; nothing is synchronised out of band.
+//!   failover is a log entry; nothing is synchronised out of band. Commands proposed
+//!   concurrently share one entry of kind [`INTERNAL_BATCH_KIND`] (see [`command_batch`]),
+//!   applied member by member as if they were consecutive entries.
 //! * **blank and membership entries** carry no messages and are skipped by dispatch.
 //!
 //! Consumers read only what has been applied, so they never see an uncommitted message.
@@ -97,6 +99,7 @@ use crate::storage::error::StoreError;
 mod apply;
 mod checkpoint;
 pub mod codec;
+pub mod command_batch;
 mod commands;
 mod queries;
 mod snapshot;
@@ -107,8 +110,8 @@ use checkpoint::CheckpointFile;
 pub use super::dedupe::DEDUPE_WINDOW;
 pub use checkpoint::CHECKPOINT_INTERVAL;
 pub use commands::{
-    INTERNAL_BIN_KIND, INTERNAL_JSON_KIND, InternalCommand, PENDING_OFFSET, Perm, Place,
-    TopicConfig, TopicMessageType, decode_batch_result, encode_batch_result,
+    INTERNAL_BATCH_KIND, INTERNAL_BIN_KIND, INTERNAL_JSON_KIND, InternalCommand, PENDING_OFFSET,
+    Perm, Place, TopicConfig, TopicMessageType, decode_batch_result, encode_batch_result,
 };
 pub use queries::{ConsumeEvent, ConsumerLag, FoundMessage};
 pub use snapshot::SnapshotBuilder;

@@ -443,47 +443,66 @@ impl SmHandle {
             if !super::codec::is_internal(rec.kind.0) {
                 continue;
             }
-            let Ok(cmd) = super::codec::decode(rec.kind.0, &rec.payload) else {
+            let Ok(cmds) = super::command_batch::split(rec.kind.0, &rec.payload) else {
                 continue;
             };
-            match cmd {
-                InternalCommand::Pop(p) if p.topic == topic && p.queue == queue => {
-                    if let Some((_, attempt)) = p.deliver.iter().find(|(o, _)| *o == offset) {
-                        out.push(ConsumeEvent::Delivered {
-                            group: p.group,
-                            attempt: *attempt,
-                            // The high bits of a delivery sequence are the leader's clock.
-                            at_ms: (p.seq >> 20) as i64,
-                            invisible_until_ms: p.invisible_until_ms,
-                            raft_index: i,
-                        });
-                    }
-                }
-                InternalCommand::Ack {
-                    group,
-                    topic: t,
-                    queue: q,
-                    offset: o,
-                    ..
-                } if t == topic && q == queue && o == offset => {
-                    out.push(ConsumeEvent::Acked {
-                        group,
-                        raft_index: i,
-                    });
-                }
-                InternalCommand::AckMany {
-                    group,
-                    topic: t,
-                    items,
-                } if t == topic && items.iter().any(|(q, o, _)| *q == queue && *o == offset) => {
-                    out.push(ConsumeEvent::Acked {
-                        group,
-                        raft_index: i,
-                    });
-                }
-                _ => {}
+            for (kind, data) in cmds {
+                let Ok(cmd) = super::codec::decode(kind, data) else {
+                    continue;
+                };
+                consume_event(&mut out, cmd, topic, queue, offset, i);
             }
         }
         Ok((out, scanned))
+    }
+}
+
+/// The event `cmd` (at Raft index `raft_index`) is for the message (`topic`, `queue`,
+/// `offset`), if any.
+fn consume_event(
+    out: &mut Vec<ConsumeEvent>,
+    cmd: InternalCommand,
+    topic: &str,
+    queue: u32,
+    offset: u64,
+    raft_index: u64,
+) {
+    let i = raft_index;
+    match cmd {
+        InternalCommand::Pop(p) if p.topic == topic && p.queue == queue => {
+            if let Some((_, attempt)) = p.deliver.iter().find(|(o, _)| *o == offset) {
+                out.push(ConsumeEvent::Delivered {
+                    group: p.group,
+                    attempt: *attempt,
+                    // The high bits of a delivery sequence are the leader's clock.
+                    at_ms: (p.seq >> 20) as i64,
+                    invisible_until_ms: p.invisible_until_ms,
+                    raft_index: i,
+                });
+            }
+        }
+        InternalCommand::Ack {
+            group,
+            topic: t,
+            queue: q,
+            offset: o,
+            ..
+        } if t == topic && q == queue && o == offset => {
+            out.push(ConsumeEvent::Acked {
+                group,
+                raft_index: i,
+            });
+        }
+        InternalCommand::AckMany {
+            group,
+            topic: t,
+            items,
+        } if t == topic && items.iter().any(|(q, o, _)| *q == queue && *o == offset) => {
+            out.push(ConsumeEvent::Acked {
+                group,
+                raft_index: i,
+            });
+        }
+        _ => {}
     }
 }
