@@ -841,10 +841,24 @@ impl Target {
 
 /// Start `sys`, run every workload on it, stop it.
 async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>> {
-    let a = c.a;
     let dir = tempfile::Builder::new()
         .prefix("raftmq-bench-cluster-")
         .tempdir_in(c.base)?;
+    match run_system_in(c, sys, round, dir.path()).await {
+        Ok(m) => {
+            dir.close()?;
+            Ok(m)
+        }
+        // The servers' logs are what explains a failure: kept, not deleted with the rest.
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("data and logs kept in {}", kept.display())))
+        }
+    }
+}
+
+async fn run_system_in(c: &Ctx<'_>, sys: &str, round: usize, dir: &Path) -> Result<Vec<Measure>> {
+    let a = c.a;
     // Keep the servers (killed on drop) alive until the end of this function.
     let mut raft: Option<Raftmq> = None;
     let mut nats: Option<Nats> = None;
@@ -858,7 +872,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
             Vec::new(),
         )
     } else if sys == FLOOR {
-        let f = FloorServer::start(dir.path())?;
+        let f = FloorServer::start(dir)?;
         let t = Target::Floor {
             addr: f.addr.clone(),
         };
@@ -867,7 +881,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         (t, pids)
     } else if let Some(flush) = sys.strip_prefix("raftmq ") {
         // Not in spawn_blocking: the children's death signal follows the spawning thread.
-        let r = Raftmq::start(c.raftmq_bin, dir.path(), flush)?;
+        let r = Raftmq::start(c.raftmq_bin, dir, flush)?;
         let t = Target::Raftmq {
             ns: r.nameserver.clone(),
             exe: c.raftmq_bin.to_path_buf(),
@@ -876,7 +890,7 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
         raft = Some(r);
         (t, pids)
     } else {
-        let n = Nats::start(c.nats_bin, dir.path(), sys == NATS_ALWAYS)?;
+        let n = Nats::start(c.nats_bin, dir, sys == NATS_ALWAYS)?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .connect(n.urls.split(',').map(str::to_string).collect::<Vec<_>>())
@@ -1025,7 +1039,6 @@ async fn run_system(c: &Ctx<'_>, sys: &str, round: usize) -> Result<Vec<Measure>
     if let Some(mut f) = floor {
         f.procs.stop();
     }
-    dir.close()?;
     Ok(out)
 }
 
