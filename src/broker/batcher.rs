@@ -12,12 +12,13 @@
 //! Each request keeps its messages contiguous and in order within the batch, and learns
 //! where each of them went from the entry's apply result.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::error::BrokerError;
+use super::group_commit::{self, Limits, Weighed};
 use super::node::Node;
 use super::ops::Route;
 use crate::raft::Command;
@@ -45,6 +46,12 @@ struct Request {
     reply: oneshot::Sender<WriteResult>,
 }
 
+impl Weighed for Request {
+    fn weight(&self) -> (usize, usize) {
+        (self.msgs.len(), self.bytes)
+    }
+}
+
 /// The queue of produce requests of one node.
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Request>,
@@ -53,8 +60,14 @@ pub struct Batcher {
 impl Batcher {
     /// A batcher writing through `node`; its task ends when the node is dropped.
     pub fn spawn(node: Weak<Node>) -> (Batcher, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(node, rx));
+        let limits = Limits {
+            in_flight: MAX_IN_FLIGHT,
+            items: MAX_BATCH_MESSAGES,
+            bytes: MAX_BATCH_BYTES,
+        };
+        let (tx, task) = group_commit::spawn(node, limits, |node, batch| async move {
+            write_batch(&node, batch).await
+        });
         (Batcher { tx }, task)
     }
 
@@ -71,48 +84,6 @@ impl Batcher {
             .map_err(|_| BrokerError::Internal("the batch writer stopped".into()))?;
         rx.await
             .map_err(|_| BrokerError::Internal("the batch writer dropped a request".into()))?
-    }
-}
-
-async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carry: Option<Request> = None;
-    loop {
-        // Wait for a free slot first, so that requests keep accumulating meanwhile.
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        let mut batch = vec![first];
-        let (mut n, mut bytes) = (batch[0].msgs.len(), batch[0].bytes);
-        while n < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r)
-                    if n + r.msgs.len() > MAX_BATCH_MESSAGES
-                        || bytes + r.bytes > MAX_BATCH_BYTES =>
-                {
-                    carry = Some(r);
-                    break;
-                }
-                Ok(r) => {
-                    n += r.msgs.len();
-                    bytes += r.bytes;
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(node) = node.upgrade() else { return };
-        tokio::spawn(async move {
-            write_batch(&node, batch).await;
-            drop(permit);
-        });
     }
 }
 
@@ -160,16 +131,6 @@ async fn write_batch(node: &Node, batch: Vec<Request>) {
                 let _ = reply.send(Ok(Err(route.clone())));
             }
         }
-        Err(e) => {
-            let msg = e.to_string();
-            let mut first = Some(e);
-            for (reply, _) in replies {
-                // One error value; the others get an equivalent copy.
-                let e = first
-                    .take()
-                    .unwrap_or_else(|| BrokerError::Raft(msg.clone()));
-                let _ = reply.send(Err(e));
-            }
-        }
+        Err(e) => group_commit::fail_all(replies.into_iter().map(|(reply, _)| reply), e),
     }
 }

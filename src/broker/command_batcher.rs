@@ -13,12 +13,13 @@
 //! [`command_batch`](crate::raft::state_machine::command_batch) entry, whose apply answers
 //! each command separately.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::error::BrokerError;
+use super::group_commit::{self, Limits, Weighed};
 use super::node::Node;
 use super::ops::Route;
 use crate::raft::state_machine::{INTERNAL_BATCH_KIND, command_batch};
@@ -39,6 +40,12 @@ struct Request {
     reply: oneshot::Sender<CommandResult>,
 }
 
+impl Weighed for Request {
+    fn weight(&self) -> (usize, usize) {
+        (1, self.cmd.data.len())
+    }
+}
+
 /// The queue of internal commands of one node.
 pub struct CommandBatcher {
     tx: mpsc::UnboundedSender<Request>,
@@ -47,8 +54,14 @@ pub struct CommandBatcher {
 impl CommandBatcher {
     /// A batcher writing through `node`; its task ends when the node is dropped.
     pub fn spawn(node: Weak<Node>) -> (CommandBatcher, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(node, rx));
+        let limits = Limits {
+            in_flight: MAX_IN_FLIGHT,
+            items: MAX_BATCH_COMMANDS,
+            bytes: MAX_BATCH_BYTES,
+        };
+        let (tx, task) = group_commit::spawn(node, limits, |node, batch| async move {
+            write_batch(&node, batch).await
+        });
         (CommandBatcher { tx }, task)
     }
 
@@ -60,44 +73,6 @@ impl CommandBatcher {
             .map_err(|_| BrokerError::Internal("the command writer stopped".into()))?;
         rx.await
             .map_err(|_| BrokerError::Internal("the command writer dropped a request".into()))?
-    }
-}
-
-async fn run(node: Weak<Node>, mut rx: mpsc::UnboundedReceiver<Request>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carry: Option<Request> = None;
-    loop {
-        // Wait for a free slot first, so that commands keep accumulating meanwhile.
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => return,
-            },
-        };
-        let mut bytes = first.cmd.data.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r) if bytes + r.cmd.data.len() > MAX_BATCH_BYTES => {
-                    carry = Some(r);
-                    break;
-                }
-                Ok(r) => {
-                    bytes += r.cmd.data.len();
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        let Some(node) = node.upgrade() else { return };
-        tokio::spawn(async move {
-            write_batch(&node, batch).await;
-            drop(permit);
-        });
     }
 }
 
@@ -146,16 +121,6 @@ async fn write_batch(node: &Node, mut batch: Vec<Request>) {
                 let _ = reply.send(Ok(Err(route.clone())));
             }
         }
-        Err(e) => {
-            let msg = e.to_string();
-            let mut first = Some(e);
-            for reply in replies {
-                // One error value; the others get an equivalent copy.
-                let e = first
-                    .take()
-                    .unwrap_or_else(|| BrokerError::Raft(msg.clone()));
-                let _ = reply.send(Err(e));
-            }
-        }
+        Err(e) => group_commit::fail_all(replies, e),
     }
 }

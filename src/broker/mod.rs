@@ -17,6 +17,7 @@ pub mod auth;
 pub mod batcher;
 pub mod command_batcher;
 pub mod error;
+mod group_commit;
 pub mod http;
 pub mod leave;
 pub mod messaging;
