@@ -33,8 +33,9 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// in Raft wait for it and then go together. With up to 4 batches in flight the batches were
 /// smaller and each paid its own entry costs on three nodes (fsyncs, replication messages,
 /// apply): at in-flight 256, one batch in flight measured ~10 % less server CPU, ~13 % more
-/// msg/s and 30 % fewer device flushes per message (8 paired rounds, median ratios;
-/// bench/results/2026-12-08-produce-batches-in-flight.md), and a lower p99 at in-flight 16.
+/// msg/s (11 paired rounds, median ratios, wide spread) and 25–30 % fewer device flushes per
+/// message; at in-flight 16, +35 % msg/s and a lower p99
+/// (bench/results/2026-12-08-produce-batches-in-flight.md).
 pub const MAX_IN_FLIGHT: usize = 1;
 
 /// What a request gets back: (Raft index, one place per message), or where the leader is.
