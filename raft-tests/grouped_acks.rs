@@ -99,21 +99,12 @@ async fn concurrent_acks_share_entries_and_are_answered_each() {
         .await
         .unwrap_or_default();
     assert!(again.is_empty(), "acked messages came back: {again:?}");
-    let progress = c
-        .client(leader)
-        .await
-        .group_progress(pb::GroupProgressRequest {
-            group: GROUP.into(),
-            topic: TOPIC.into(),
-        })
-        .await
-        .expect("group progress")
-        .into_inner();
-    assert_eq!(progress.queues.len(), 2, "{progress:?}");
-    for q in &progress.queues {
+    let progress = c.group_progress(leader, GROUP, TOPIC).await;
+    assert_eq!(progress.len(), 2, "{progress:?}");
+    for q in &progress {
         assert_eq!(q.ack_offset, q.max_offset, "not everything acked: {q:?}");
     }
-    let total: u64 = progress.queues.iter().map(|q| q.max_offset).sum();
+    let total: u64 = progress.iter().map(|q| q.max_offset).sum();
     assert_eq!(total, N as u64, "{progress:?}");
 
     // Acks of separate requests share Raft entries.

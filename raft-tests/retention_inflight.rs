@@ -49,16 +49,8 @@ async fn write(c: &Cluster, via: u64, from: u64, n: u64, sent: &mut BTreeMap<u64
 }
 
 async fn progress(c: &Cluster, id: u64) -> pb::QueueProgress {
-    c.client(id)
+    c.group_progress(id, GROUP, TOPIC)
         .await
-        .group_progress(pb::GroupProgressRequest {
-            group: GROUP.into(),
-            topic: TOPIC.into(),
-        })
-        .await
-        .expect("group progress")
-        .into_inner()
-        .queues
         .into_iter()
         .next()
         .expect("one queue")

@@ -3,80 +3,36 @@
 //! commands in consecutive entries: same per-command answers, same delivery state, same
 //! consume history.
 //!
-//! Two single-node Raft groups in process, each with the real `LogStore` and `StateMachine`,
-//! get the same topic and messages; then one gets a sequence of consume commands (deliveries,
-//! acks — fresh, stale and repeated —, an invisibility change, a JSON command and an
-//! undecodable member) one entry each, the other all of them in one batch entry.
+//! Two single-node Raft groups in process (`single_node`), each with the real `LogStore` and
+//! `StateMachine`, get the same topic and messages; then one gets a sequence of consume
+//! commands (deliveries, acks — fresh, stale and repeated —, an invisibility change, a JSON
+//! command and an undecodable member) one entry each, the other all of them in one batch
+//! entry.
 
-use std::collections::BTreeMap;
+mod single_node;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Result, anyhow, ensure};
 use bytes::Bytes;
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use raftmq::raft::Command;
 use raftmq::raft::consume::{GroupConfig, Pop};
-use raftmq::raft::log_store::LogStore;
-use raftmq::raft::network::{GrpcNetworkConfig, GrpcNetworkFactory};
 use raftmq::raft::state_machine::{
     ConsumeEvent, INTERNAL_BATCH_KIND, INTERNAL_BIN_KIND, InternalCommand, Perm, SmHandle,
-    StateMachine, TopicConfig, TopicMessageType, codec, command_batch,
+    TopicConfig, TopicMessageType, codec, command_batch,
 };
-use raftmq::raft::{Command, NodeId, TypeConfig};
 use raftmq::storage::message::{MessageType, NewMessage, encode_batch};
-use raftmq::storage::{CommitLog, CommitLogConfig, FlushMode};
+use single_node::{Node, lead};
 
-const NODE: NodeId = 1;
 const TOPIC: &str = "batched";
 const GROUP: &str = "g";
 const QUEUES: u32 = 2;
 const MESSAGES: u64 = 6; // per queue
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Node {
-    raft: Raft<TypeConfig, StateMachine>,
-    sm: SmHandle,
-    _log: Arc<CommitLog>,
-}
 
 async fn open_node(dir: &Path) -> Result<Node> {
-    let mut lc = CommitLogConfig::new(dir);
-    lc.segment_size = 1 << 20;
-    lc.flush = FlushMode::Sync;
-    let store = LogStore::open(lc)?;
-    let log = store.commitlog();
-    let (sm, handle) = StateMachine::open(dir, Arc::clone(&log))?;
-    let cfg = Config {
-        cluster_name: "command-batch".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
-        snapshot_policy: SnapshotPolicy::Never,
-        ..Default::default()
-    };
-    // A single-member group never sends: the factory is never asked for a connection.
-    let network = GrpcNetworkFactory::new(NODE, GrpcNetworkConfig::default());
-    let raft = Raft::new(NODE, Arc::new(cfg.validate()?), network, store, sm)
-        .await
-        .map_err(|e| anyhow!("Raft::new: {e}"))?;
-    let members = BTreeMap::from([(
-        NODE,
-        BasicNode {
-            addr: "127.0.0.1:1".into(),
-        },
-    )]);
-    raft.initialize(members)
-        .await
-        .map_err(|e| anyhow!("initialize: {e}"))?;
-    raft.wait(Some(WAIT))
-        .state(ServerState::Leader, "the node leads")
-        .await?;
-    Ok(Node {
-        raft,
-        sm: handle,
-        _log: log,
-    })
+    let node = single_node::open_node(dir, 1 << 20, "command-batch").await?;
+    lead(&node.raft).await?;
+    Ok(node)
 }
 
 async fn write(node: &Node, kind: u8, data: Vec<u8>) -> Result<(u64, Bytes)> {

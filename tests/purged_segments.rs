@@ -19,6 +19,8 @@
 //! too): the restart failed with "Failed to get log entries". The node must instead restart
 //! with its log intact, lead again, re-apply everything and serve every retained message.
 
+mod single_node;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
@@ -27,19 +29,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{Raft, ServerState};
 use raftmq::raft::consume::Pop;
-use raftmq::raft::log_store::{LogStore, RaftMeta};
-use raftmq::raft::network::{GrpcNetworkConfig, GrpcNetworkFactory};
+use raftmq::raft::log_store::RaftMeta;
 use raftmq::raft::state_machine::{
     AppliedState, INTERNAL_JSON_KIND, InternalCommand, Perm, SmHandle, StateMachine, TopicConfig,
     TopicMessageType, decode_batch_result,
 };
-use raftmq::raft::{Command, NodeId, TypeConfig};
+use raftmq::raft::{Command, TypeConfig};
+use raftmq::storage::CommitLog;
 use raftmq::storage::message::{MessageType, NewMessage, encode_batch};
-use raftmq::storage::{CommitLog, CommitLogConfig, FlushMode};
+use single_node::{Node, WAIT, lead};
 
-const NODE: NodeId = 1;
 const TOPIC: &str = "purged";
 const QUEUES: u32 = 2;
 const SEGMENT: u64 = 64 << 10;
@@ -48,27 +49,9 @@ const MESSAGES: usize = 480; // ~1 KiB each: about 8 segments
 const AFTER_PURGE: usize = 60;
 const PER_ENTRY: usize = 4;
 const GROUP: &str = "observer";
-const WAIT: Duration = Duration::from_secs(10);
 
 /// queue → offset → index of the message written there.
 type Written = BTreeMap<u32, BTreeMap<u64, usize>>;
-
-/// Like `NodeConfig::raft_config` in `broker/node.rs`.
-fn raft_config() -> Result<Arc<Config>> {
-    let cfg = Config {
-        cluster_name: "purged-segments".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
-        enable_pre_vote: Some(true),
-        snapshot_policy: SnapshotPolicy::Never,
-        max_in_snapshot_log_to_keep: 0,
-        enable_leader_restore: Some(false),
-        allow_log_reversion: Some(true),
-        ..Default::default()
-    };
-    Ok(Arc::new(cfg.validate()?))
-}
 
 /// Two of every three messages go to queue 0, so the queues lose different offsets.
 fn queue_of(i: usize) -> u32 {
@@ -85,30 +68,8 @@ fn body_of(i: usize) -> Bytes {
     Bytes::from(b)
 }
 
-/// One in-process node: the Raft over the real `LogStore` and `StateMachine` in `dir`.
-struct Node {
-    raft: Raft<TypeConfig, StateMachine>,
-    sm: SmHandle,
-    log: Arc<CommitLog>,
-}
-
 async fn open_node(dir: &Path) -> Result<Node> {
-    let mut lc = CommitLogConfig::new(dir);
-    lc.segment_size = SEGMENT;
-    lc.flush = FlushMode::Sync;
-    let store = LogStore::open(lc)?;
-    let log = store.commitlog();
-    let (sm, handle) = StateMachine::open(dir, Arc::clone(&log))?;
-    // A single-member group never sends: the factory is never asked for a connection.
-    let network = GrpcNetworkFactory::new(NODE, GrpcNetworkConfig::default());
-    let raft = Raft::new(NODE, raft_config()?, network, store, sm)
-        .await
-        .map_err(|e| anyhow!("Raft::new: {e}"))?;
-    Ok(Node {
-        raft,
-        sm: handle,
-        log,
-    })
+    single_node::open_node(dir, SEGMENT, "purged-segments").await
 }
 
 async fn internal(raft: &Raft<TypeConfig, StateMachine>, cmd: InternalCommand) -> Result<()> {
@@ -118,23 +79,6 @@ async fn internal(raft: &Raft<TypeConfig, StateMachine>, cmd: InternalCommand) -
     })
     .await
     .map_err(|e| anyhow!("internal command: {e}"))?;
-    Ok(())
-}
-
-/// Make node 1 the only member and wait until it leads.
-async fn lead(raft: &Raft<TypeConfig, StateMachine>) -> Result<()> {
-    let members = BTreeMap::from([(
-        NODE,
-        BasicNode {
-            addr: "127.0.0.1:1".into(),
-        },
-    )]);
-    raft.initialize(members)
-        .await
-        .map_err(|e| anyhow!("initialize: {e}"))?;
-    raft.wait(Some(WAIT))
-        .state(ServerState::Leader, "node 1 leads")
-        .await?;
     Ok(())
 }
 

@@ -300,6 +300,25 @@ impl Cluster {
         }
     }
 
+    /// The progress of `group` on every queue of `topic`, as node `id` reports it.
+    pub async fn group_progress(
+        &self,
+        id: u64,
+        group: &str,
+        topic: &str,
+    ) -> Vec<pb::QueueProgress> {
+        self.client(id)
+            .await
+            .group_progress(pb::GroupProgressRequest {
+                group: group.into(),
+                topic: topic.into(),
+            })
+            .await
+            .expect("group progress")
+            .into_inner()
+            .queues
+    }
+
     /// Read every message of `topic` from node `id` (all queues), as (queue, offset, message).
     pub async fn read_all(
         &self,

@@ -467,7 +467,6 @@ fn consume_event(
     offset: u64,
     raft_index: u64,
 ) {
-    let i = raft_index;
     match cmd {
         InternalCommand::Pop(p) if p.topic == topic && p.queue == queue => {
             if let Some((_, attempt)) = p.deliver.iter().find(|(o, _)| *o == offset) {
@@ -477,7 +476,7 @@ fn consume_event(
                     // The high bits of a delivery sequence are the leader's clock.
                     at_ms: (p.seq >> 20) as i64,
                     invisible_until_ms: p.invisible_until_ms,
-                    raft_index: i,
+                    raft_index,
                 });
             }
         }
@@ -488,20 +487,14 @@ fn consume_event(
             offset: o,
             ..
         } if t == topic && q == queue && o == offset => {
-            out.push(ConsumeEvent::Acked {
-                group,
-                raft_index: i,
-            });
+            out.push(ConsumeEvent::Acked { group, raft_index });
         }
         InternalCommand::AckMany {
             group,
             topic: t,
             items,
         } if t == topic && items.iter().any(|(q, o, _)| *q == queue && *o == offset) => {
-            out.push(ConsumeEvent::Acked {
-                group,
-                raft_index: i,
-            });
+            out.push(ConsumeEvent::Acked { group, raft_index });
         }
         _ => {}
     }
